@@ -43,3 +43,13 @@ def mm_processor_kwargs(family: str) -> dict:
     """What vLLM's multimodal processor is told, so it resizes exactly like the HF processor."""
     kw = pinned_image_processor_kwargs(family)
     return {"size": {"shortest_edge": kw["min_pixels"], "longest_edge": kw["max_pixels"]}}
+
+
+def image_token_count(height: int, width: int, family: str) -> int:
+    """Tokens one image of this size becomes in the LLM, under the pinned processor settings."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    kw = pinned_image_processor_kwargs(family)
+    factor = kw["patch_size"] * kw["merge_size"]
+    h, w = smart_resize(height, width, factor=factor, min_pixels=kw["min_pixels"], max_pixels=kw["max_pixels"])
+    return (h // factor) * (w // factor)
