@@ -170,3 +170,51 @@ def materialize_random_checkpoint(
 def build_tiny_sam2(cache_dir: str | Path = ".cache/videoseg", image_size: int = 256) -> Path:
     """The tiny SAM2's shared random checkpoint (built once per cache dir)."""
     return materialize_random_checkpoint(TINY, image_size, Path(cache_dir) / "sam2_tiny", seed=0)
+
+
+def sam2_from_model_config(model_cfg, device: str = "cpu") -> Any:
+    """The SAM2 of a `configs.schema.ModelConfig`: its checkpoint, or shared random weights.
+
+    Random weights are written once per (config, size) under `cache_dir`, so every reward actor
+    and the learner build bit-identical models without shipping weights around.
+    """
+    ckpt = model_cfg.sam2_checkpoint
+    if ckpt is None:
+        if not model_cfg.allow_random_init:
+            raise Sam2ConfigError("model.sam2_checkpoint is not set and model.allow_random_init is false")
+        sub = "sam2_tiny" if model_cfg.sam2_config == TINY else "sam2_random"
+        ckpt = materialize_random_checkpoint(model_cfg.sam2_config, model_cfg.sam2_image_size,
+                                             Path(model_cfg.cache_dir) / sub, seed=0)
+    return build_sam2_model(model_cfg.sam2_config, ckpt, model_cfg.sam2_image_size, device)
+
+
+def autocast_context(device: str, bf16: bool):
+    """A factory of autocast contexts: bf16 autocast on CUDA when asked, else a no-op (fp32)."""
+    import contextlib
+
+    import torch
+
+    if bf16 and str(device).startswith("cuda"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def build_video_predictor(config: str, checkpoint: str | Path, image_size: int | None = None,
+                          device: str = "cpu") -> Any:
+    """sam2's own SAM2VideoPredictor from the same config and weights (the benchmark baseline).
+
+    Hole filling is switched off: it needs sam2's optional CUDA extension, which the wheels built
+    with SAM2_BUILD_CUDA=0 do not have.
+    """
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = load_model_config(config, image_size, extra=[
+        "model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor",
+        "model.binarize_mask_from_pts_for_mem_enc=true",
+        "model.fill_hole_area=0",
+    ])
+    with torch.random.fork_rng(devices=[]):
+        model = instantiate(cfg.model, _recursive_=True)
+    load_checkpoint(model, checkpoint)
+    return model.to(device).eval()
