@@ -134,12 +134,14 @@ class RewardPoolCore:
     # ----------------------------------------------------------------------------- scoring
     def score(self, batch: Sequence[ScoreRequest], return_features: bool = True) -> list[ScoreResult]:
         plans = [self._plan(r) for r in batch]
-        needed = []
-        for p in plans:
-            needed += [(p.sample.dataset, p.sample.video_id, f) for f in p.sampled + p.keyframes]
-        feats = self.cache.get_many(needed)
         embeds = self._project(plans)
         jobs = self._jobs(plans, embeds)
+        # Frames to encode: those decoded on, plus (for the learner) every frame of every episode.
+        needed = [(plans[i].sample.dataset, plans[i].sample.video_id, f) for i, _, f in jobs]
+        if return_features:
+            for p in plans:
+                needed += [(p.sample.dataset, p.sample.video_id, f) for f in p.sampled + p.keyframes]
+        feats = self.cache.get_many(needed)
         logits = self._decode(plans, jobs, embeds, feats)
         ious = self._ious(plans, jobs, logits)
         exported: dict[str, object] = {}

@@ -161,3 +161,59 @@ def ray_local():
                                            "PYTHONPATH": str(ROOT)}})
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- segmentation toys
+class SegToyVideos:
+    """Tiny in-memory videos with box masks for reward-pool tests (no env, no disk).
+
+    Each video shows a bright square moving over noise; the square is absent on the first two
+    frames. `frame_source` / `gt_source` follow the reward pool's injected-source signatures.
+    """
+
+    def __init__(self, videos: int = 2, frames: int = 12, size: tuple[int, int] = (48, 64), seed: int = 0):
+        import numpy as np
+
+        from env.types import Sample
+
+        rng = np.random.default_rng(seed)
+        h, w = size
+        self.frames, self.masks, self.samples = {}, {}, {}
+        for v in range(videos):
+            vid = f"toy{v}"
+            pix = rng.integers(0, 90, (frames, h, w, 3), dtype=np.uint8)
+            gt = np.zeros((frames, h, w), dtype=bool)
+            for t in range(2, frames):
+                y, x = 8 + t, 6 + 3 * t + 4 * v
+                gt[t, y:y + 14, x:x + 14] = True
+            pix[gt] = (230, 60, 60)
+            self.frames[vid], self.masks[vid] = pix, gt
+            self.samples[vid] = Sample(f"toy/{vid}/0", "toy", vid, "0", "the red square", (1,), ("1",),
+                                       frames, h, w, 0, tuple(bool(m.any()) for m in gt))
+        self.loads: list[tuple[str, list[int]]] = []
+
+    def frame_source(self, dataset, video_id, indices):
+        self.loads.append((video_id, list(indices)))
+        return [self.frames[video_id][i] for i in indices]
+
+    def gt_source(self, sample, indices):
+        return self.masks[sample.video_id][list(indices)]
+
+    def episode(self, vid: str, turns: list[tuple], sampled=(1, 4, 7, 10), episode_id="e"):
+        """turns: (kind, start, end, keyframe) per assistant turn; keyframe_seen follows the contract."""
+        from env.types import Action, EpisodeState, TurnRecord
+
+        sample = self.samples[vid]
+        n = sample.num_frames
+        records, seen = [], n // 2
+        for kind, s, e, k in turns:
+            act = Action(kind, s, e, k, "Step 1 Step 2 Step 3 Action", (True, True, True, True))
+            clamped = (min(max(s, 0), n - 1), min(max(e, 0), n - 1), min(max(k, 0), n - 1))
+            records.append(TurnRecord(f"{kind} {s} {e} {k}", act, None, clamped, keyframe_seen=seen))
+            seen = clamped[2]
+        return EpisodeState(sample, episode_id, [0, 3, 6, 9], list(sampled), records, True, "answer")
+
+
+@pytest.fixture
+def seg_toy():
+    return SegToyVideos()
