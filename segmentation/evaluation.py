@@ -178,6 +178,9 @@ class PngPredictions:
             if not path.is_file():
                 raise MissingPrediction(f"prediction {path} is missing")
             out.append(read_binary_png(path))
+        if len({m.shape for m in out}) > 1:
+            raise MaskFormatError(f"{self.root / video / exp_id}: frames of different sizes "
+                                  f"{sorted({m.shape for m in out})}")
         return np.stack(out)
 
 
