@@ -1,8 +1,9 @@
 """Every piece of wording the policy reads, in one place.
 
-The environment assembles observations from these templates; the tiny tokenizer is trained on
-them; the cold-start generator writes assistant turns in the grammar described here. Changing a
-sentence here changes it everywhere.
+The environment assembles observations from these templates (env/observations.py); the tiny
+tokenizer is trained on them (rollout/tiny_policy.py); the cold-start generator writes assistant
+turns in the grammar described here (env/protocol.py formats and parses it). Changing a sentence
+here changes it everywhere.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ PROTOCOL_TAGS = (
     THINK_OPEN, THINK_CLOSE, SELECT_OPEN, SELECT_CLOSE, ANSWER_OPEN, ANSWER_CLOSE,
     VTG_OPEN, VTG_CLOSE, REFSEG_OPEN, REFSEG_CLOSE,
 )
+# Markers the step-format reward looks for inside the think block (case-insensitive).
 STEP_MARKERS = ("step 1", "step 2", "step 3", "action")
 
 SYSTEM_PROMPT = (
@@ -34,17 +36,24 @@ SYSTEM_PROMPT = (
     "to look closer at frames s to e (inclusive) and at keyframe k in high resolution, or\n"
     '<answer><VTG>{"start": s, "end": e, "keyframe": k}</VTG><RefSeg>[SEG]</RefSeg></answer>\n'
     "to commit: [SEG] then marks the target on keyframe k. s, e and k are frame indices with "
-    "s <= k <= e."
+    "s <= k <= e. Write [SEG] only inside RefSeg, once per reply."
 )
 
+# ---- turn 0: the first user message
 TURN0_HEADER = "The video has {num_frames} frames, indexed 0 to {last}.\n"
 OVERVIEW_HEADER = "Overview frames {indices}:\n"
-DETAIL_HEADER = "Detail frames {indices}:\n"
+DETAIL_HEADER = "Detail frames {indices} in higher resolution:\n"
 FRAME_LABEL = "Frame {index}: "
+FRAME_SEPARATOR = "\n"
 QUERY_LINE = 'Query: "{query}"\n'
 TURN0_FOOTER = "Think step by step, then select frames to inspect or answer. You have {turns} replies."
 
-SELECT_HEADER = "Frames {start} to {end} of the video (clamped request: start {start}, end {end}, keyframe {keyframe}):\n"
+# ---- the reply to a <select>
+CLAMP_NOTE = (
+    "Your request (start {start}, end {end}, keyframe {keyframe}) reached outside the video "
+    "(frames 0 to {last}); it was clamped to the values below.\n"
+)
+SELECT_HEADER = "Frames {start} to {end} of the video (keyframe {keyframe}); showing frames {indices}:\n"
 KEYFRAME_HEADER = "Keyframe {keyframe} in high resolution:\n"
 REMINDER = (
     'Reminder: the query is "{query}". Reply with <think> ... </think> followed by one '
@@ -66,7 +75,9 @@ def corpus_for_tokenizer() -> list[str]:
         lines.append(TURN0_HEADER.format(num_frames=n, last=n - 1))
         lines.append(OVERVIEW_HEADER.format(indices=format_indices(list(range(0, n, max(1, n // 10))))))
         lines.append(DETAIL_HEADER.format(indices=format_indices(list(range(1, n, max(1, n // 5))))))
-        lines.append(SELECT_HEADER.format(start=n // 4, end=n // 2, keyframe=n // 3))
+        lines.append(SELECT_HEADER.format(start=n // 4, end=n // 2, keyframe=n // 3,
+                                          indices=format_indices([n // 4, n // 3, n // 2])))
+        lines.append(CLAMP_NOTE.format(start=-3, end=n + 5, keyframe=n // 3, last=n - 1))
         lines.append(KEYFRAME_HEADER.format(keyframe=n // 3))
     for i in range(0, 500):
         lines.append(FRAME_LABEL.format(index=i))
