@@ -217,3 +217,39 @@ class SegToyVideos:
 @pytest.fixture
 def seg_toy():
     return SegToyVideos()
+
+
+# ---------------------------------------------------------------------- env: damaged data
+class FaultyDataset:
+    """A ReVOS-layout dataset with one intact video and one defect of each kind (env tests)."""
+
+    def __init__(self, root: Path, videos: list[str]):
+        self.root = root
+        self.good_video, self.corrupt_video, self.holey_video = videos
+        self.missing_frame, self.garbage_frame = 5, 6  # in holey_video
+        self.missing_anno_exp = "missing-anno"  # expression of good_video with an unknown anno_id
+
+
+@pytest.fixture(scope="session")
+def env_faulty_dir(tmp_path_factory) -> FaultyDataset:
+    import json
+
+    import numpy as np
+
+    from env.synthetic import generate
+
+    root = generate(tmp_path_factory.mktemp("faulty"), videos=3, seed=11, frames=12, size=(48, 64))
+    meta = json.loads((root / "meta_expressions.json").read_text())
+    videos = sorted(meta["videos"])
+    good, corrupt, holey = videos
+    # A video stored as an mp4 that is not a video at all.
+    shutil.rmtree(root / "JPEGImages" / corrupt)
+    (root / "JPEGImages" / f"{corrupt}.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    # A frame folder with one file missing and one file that is not a JPEG.
+    (root / "JPEGImages" / holey / "00005.jpg").unlink()
+    (root / "JPEGImages" / holey / "00006.jpg").write_bytes(b"not a jpeg")
+    # An expression whose object is not in mask_dict.json.
+    meta["videos"][good]["expressions"]["missing-anno"] = {"exp": "the ghost", "obj_id": [9],
+                                                           "anno_id": [987654], "type_id": 0}
+    (root / "meta_expressions.json").write_text(json.dumps(meta))
+    return FaultyDataset(root, videos)

@@ -37,7 +37,7 @@ MASK_DICT_META = {
 }
 
 __all__ = ["Dataset", "VideoInfo", "MaskDictDataset", "PaletteDataset", "load_dataset", "make_sample_id",
-           "synthetic_root", "fingerprint_of"]
+           "synthetic_root", "synthetic_key", "fingerprint_of"]
 
 
 def fingerprint_of(fmt: str, root: Path, files: list[Path]) -> str:
@@ -59,12 +59,18 @@ def _generator_version() -> str:
     return hashlib.sha256(inspect.getsource(env.synthetic).encode()).hexdigest()[:8]
 
 
+def synthetic_key(spec) -> str:
+    """Cache folder name of a synthetic spec: every generator parameter plus the generator's version."""
+    h, w = spec.image_size
+    return f"synthetic-s{spec.seed}-v{spec.videos}-f{spec.frames_per_video}-{h}x{w}-g{_generator_version()}"
+
+
 def synthetic_root(spec, cache_dir: str | Path | None = None) -> Path:
     """Generate the synthetic dataset of `spec` once into the cache (keyed by its parameters)."""
     from env.synthetic import generate
 
+    key = synthetic_key(spec)
     h, w = spec.image_size
-    key = f"synthetic-s{spec.seed}-v{spec.videos}-f{spec.frames_per_video}-{h}x{w}-g{_generator_version()}"
     base = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     final = base / key
     if (final / "mask_dict.json").is_file():
