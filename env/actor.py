@@ -67,16 +67,27 @@ def _plain(obj):
 
 def create_env_actors(env_cfg, datasets: Sequence, n: int = 1, num_cpus: float = 0.5,
                       cache_dir: str | Path | None = None, index_dir: str | Path | None = None,
-                      max_restarts: int = 3, name_prefix: str | None = None, wait: bool = True) -> list:
-    """Start `n` env actors on the current Ray cluster; with wait=True, return once all are ready."""
+                      max_restarts: int = 3, name_prefix: str | None = None, wait: bool = True,
+                      runtime_env: dict | None = None) -> list:
+    """Start `n` env actors on the current Ray cluster; with wait=True, return once all are ready.
+
+    Calls are retried on a restarted actor (max_task_retries): safe, because every method is a
+    pure function of its arguments and the data on disk.
+    """
     import ray
 
     remote_cls = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts,
                             max_task_retries=max_restarts)(VideoEnvActor)
     specs = [_plain(d) for d in datasets]
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir).resolve()  # workers may not share the driver's working directory
+    if index_dir is not None:
+        index_dir = Path(index_dir).resolve()
     actors = []
     for i in range(n):
-        options = {"name": f"{name_prefix}-{i}"} if name_prefix else {}
+        options: dict = {"name": f"{name_prefix}-{i}"} if name_prefix else {}
+        if runtime_env:
+            options["runtime_env"] = runtime_env
         actors.append(remote_cls.options(**options).remote(
             _plain(env_cfg), specs, str(cache_dir) if cache_dir else None,
             str(index_dir) if index_dir else None))
