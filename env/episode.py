@@ -18,7 +18,7 @@ import logging
 from dataclasses import replace
 
 from env.errors import DataError, EpisodeStateError
-from env.frame_cache import LRUFrameCache, make_frame_cache
+from env.frame_cache import make_frame_cache
 from env.frames import FrameServer, as_lookup
 from env.observations import initial_frames, interval_indices, select_reply_message, turn0_message
 from env.prompts import SYSTEM_PROMPT
@@ -53,8 +53,7 @@ class EpisodeLogic:
         self.cfg = env_cfg
         self._lookup = as_lookup(dataset_lookup)
         if frame_server is None:
-            cache = make_frame_cache(env_cfg.frame_cache) if env_cfg is not None else LRUFrameCache(256 << 20)
-            frame_server = FrameServer(self._lookup, cache)
+            frame_server = FrameServer(self._lookup, make_frame_cache(env_cfg.frame_cache))
         self.frames = frame_server
 
     # -------------------------------------------------------------------------- reset

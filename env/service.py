@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 
 from env.datasets import Dataset, load_dataset
@@ -43,6 +44,8 @@ class EnvService:
     def __init__(self, env_cfg, datasets: Iterable, cache_dir: str | Path | None = None,
                  index_dir: str | Path | None = None):
         self.cfg = _env_config(env_cfg)
+        # An env replica gets a fraction of a core; OpenCV would start one resize thread per core.
+        cv2.setNumThreads(1)
         self.datasets: dict[str, Dataset] = {}
         for item in datasets:
             ds = item if isinstance(item, Dataset) else load_dataset(_dataset_spec(item), cache_dir, index_dir)

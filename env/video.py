@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# OpenCV would otherwise start one thread per core in every actor process.
-cv2.setNumThreads(1)
-
 
 # ----------------------------------------------------------------------------------- budgets
 def budget_shape(height: int, width: int, pixels: int) -> tuple[int, int]:

@@ -116,6 +116,15 @@ class Dataset:
     def num_frames(self, video_id: str) -> int:
         return len(self._video(video_id).frames)
 
+    def frame_names(self, video_id: str) -> list[str]:
+        """The video's frame stems in index order (the `frames` list of the meta file)."""
+        return list(self._video(video_id).frames)
+
+    def video_path(self, video_id: str) -> Path:
+        """The frame folder or video file the frames are decoded from."""
+        self._video(video_id)
+        return self._video_path(video_id)
+
     def frame_size(self, video_id: str) -> tuple[int, int]:
         """(H, W) of the video's frames: from the meta file, else annotations, else frame 0."""
         info = self._video(video_id)

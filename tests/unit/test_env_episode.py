@@ -115,7 +115,7 @@ def test_clamping_is_logged_and_shown(logic, sample, caplog):
     assert [r.index for r in r1.observation.frames] == [0, 8, 15, 15]
 
 
-def test_end_conditions(logic, sample):
+def test_end_conditions(logic, syn, sample):
     r0 = logic.reset(sample, "ep-e")
     bad = logic.step(r0.state, "I think it is the red one.")
     assert bad.done and bad.end_reason == "malformed" and bad.state.turns[0].error.code == "missing_think"
@@ -126,7 +126,7 @@ def test_end_conditions(logic, sample):
     # Out-of-range values that clamp to the same frame are judged as written: 30 > 20 is fine.
     ok = logic.step(r0.state, _turn("select", 20, 30, 25))
     assert not ok.done and ok.state.turns[0].clamped == (15, 15, 15)
-    two = EpisodeLogic(CFG.model_copy(update={"max_turns": 2}), {"syn": logic._lookup("syn")}, logic.frames)
+    two = EpisodeLogic(CFG.model_copy(update={"max_turns": 2}), {"syn": syn}, logic.frames)
     s0 = two.reset(sample, "ep-m")
     assert "You have 2 replies." in s0.observation.text_only()
     s1 = two.step(s0.state, _turn("select", 1, 5, 2))

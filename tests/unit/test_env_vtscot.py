@@ -37,7 +37,7 @@ def _record(syn, index=0):
     turns = [format_turn("Step 1 t. Step 2 s. Step 3 e. Action: look", "select", 2, 9, 5),
              format_turn("Step 1 t. Step 2 s. Step 3 e. Action: answer", "answer", 3, 8, 6)]
     state, observations = _episode(syn, sample, turns)
-    return record_from_episode(state, observations, syn._video(sample.video_id).frames, {"generator": "test"})
+    return record_from_episode(state, observations, syn.frame_names(sample.video_id), {"generator": "test"})
 
 
 def test_record_from_episode_has_every_field(syn):
@@ -110,4 +110,4 @@ def test_only_answered_episodes_become_records(syn):
     sample = syn.samples()[0]
     state, observations = _episode(syn, sample, ["not a turn"])
     with pytest.raises(VTSCoTFormatError, match="malformed"):
-        record_from_episode(state, observations, syn._video(sample.video_id).frames)
+        record_from_episode(state, observations, syn.frame_names(sample.video_id))
