@@ -119,7 +119,8 @@ def _summary(latencies: list[float], frames: int) -> dict:
     total = float(np.sum(latencies))
     return {"requests": len(latencies), "frames": frames, "seconds": round(total, 4),
             "frames_per_s": round(frames / total, 1) if total > 0 else None,
-            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3),
             "mean_ms": round(float(lat.mean()), 3)}
 
 
@@ -155,7 +156,8 @@ def run_env(logic, state, requests) -> dict:
     """EpisodeLogic.step on a turn-1 state: parse, clamp, fetch frames, build the reply."""
     from env.protocol import format_turn
 
-    texts = [format_turn("Step 1 a. Step 2 b. Step 3 c. Action: look", "select", s, e, k) for s, e, k in requests]
+    think = "Step 1 a. Step 2 b. Step 3 c. Action: look"
+    texts = [format_turn(think, "select", s, e, k) for s, e, k in requests]
     latencies, frames = [], 0
     for text in texts:
         t0 = time.perf_counter()
@@ -209,7 +211,8 @@ def bench_source(name: str, root: Path, cfg, requests_count: int, redis_url: str
         out["redis"]["redis_hits"] = stats["redis_hits"]
     for mode in ("cold", "lru", "redis"):
         if mode in out and out["naive"]["p50_ms"]:
-            out[mode]["p50_speedup_vs_naive"] = round(out["naive"]["p50_ms"] / max(out[mode]["p50_ms"], 1e-6), 1)
+            speedup = out["naive"]["p50_ms"] / max(out[mode]["p50_ms"], 1e-6)
+            out[mode]["p50_speedup_vs_naive"] = round(speedup, 1)
     return out
 
 
@@ -257,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if redis:
                 stop_redis(redis[0])
-    report = {"benchmark": "env", "command": "python -m benchmarks.bench_env " + " ".join(sys.argv[1:] if argv is None else argv),
+    command = "python -m benchmarks.bench_env " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"benchmark": "env", "command": command.strip(),
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
               "config": {"select_reply_frames": cfg.select_reply_frames, "low_res_pixels": cfg.low_res_pixels,
                          "keyframe_pixels": cfg.keyframe_pixels, "requests_per_source": count,

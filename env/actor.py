@@ -50,7 +50,8 @@ class VideoEnvActor:
     def presence(self, sample: Sample | str) -> tuple[bool, ...]:
         return self._service.presence(sample)
 
-    def frames(self, dataset: str, video_id: str, indices: Sequence[int], pixels: int = 0) -> list[np.ndarray]:
+    def frames(self, dataset: str, video_id: str, indices: Sequence[int],
+               pixels: int = 0) -> list[np.ndarray]:
         return self._service.frames(dataset, video_id, indices, pixels)
 
     def frames_for(self, refs: Sequence[FrameRef]) -> list[np.ndarray]:

@@ -19,9 +19,6 @@ from env.frame_cache import frame_key
 from env.types import FrameRef
 from env.video import resize_to_budget
 
-DatasetLookup = Callable[[str], "object"]
-
-
 def as_lookup(datasets) -> Callable[[str], object]:
     """Accept a mapping name -> Dataset or a callable; return a callable with a clear error."""
     if callable(datasets) and not isinstance(datasets, Mapping):
@@ -31,7 +28,8 @@ def as_lookup(datasets) -> Callable[[str], object]:
         try:
             return datasets[name]
         except KeyError:
-            raise UnknownSampleError(f"no dataset named '{name}' is loaded (have: {sorted(datasets)})") from None
+            raise UnknownSampleError(f"no dataset named '{name}' is loaded "
+                                     f"(have: {sorted(datasets)})") from None
 
     return lookup
 

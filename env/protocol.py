@@ -260,8 +260,9 @@ def format_turn(think: str, kind: str, start: int, end: int, keyframe: int) -> s
     if kind not in ("select", "answer"):
         raise ValueError(f"kind must be 'select' or 'answer', got {kind!r}")
     open_tag, close_tag = (SELECT_OPEN, SELECT_CLOSE) if kind == "select" else (ANSWER_OPEN, ANSWER_CLOSE)
-    return (f"{THINK_OPEN} {think.strip()} {THINK_CLOSE}\n{open_tag}{VTG_OPEN}{format_vtg(start, end, keyframe)}"
-            f"{VTG_CLOSE}{REFSEG_OPEN}{SEG_TOKEN}{REFSEG_CLOSE}{close_tag}")
+    return (f"{THINK_OPEN} {think.strip()} {THINK_CLOSE}\n{open_tag}"
+            f"{VTG_OPEN}{format_vtg(start, end, keyframe)}{VTG_CLOSE}"
+            f"{REFSEG_OPEN}{SEG_TOKEN}{REFSEG_CLOSE}{close_tag}")
 
 
 # ------------------------------------------------------------------------------ clamping

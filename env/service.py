@@ -48,9 +48,11 @@ class EnvService:
         cv2.setNumThreads(1)
         self.datasets: dict[str, Dataset] = {}
         for item in datasets:
-            ds = item if isinstance(item, Dataset) else load_dataset(_dataset_spec(item), cache_dir, index_dir)
+            ds = item if isinstance(item, Dataset) else load_dataset(_dataset_spec(item), cache_dir,
+                                                                     index_dir)
             if "/" in ds.name:
-                raise DatasetFormatError(f"dataset name '{ds.name}' must not contain '/' (it prefixes sample ids)")
+                raise DatasetFormatError(f"dataset name '{ds.name}' must not contain '/' "
+                                         "(it prefixes sample ids)")
             if ds.name in self.datasets:
                 raise DatasetFormatError(f"two datasets are named '{ds.name}'")
             self.datasets[ds.name] = ds
@@ -91,7 +93,8 @@ class EnvService:
         sample = self._resolve(sample)
         return self.dataset(sample.dataset).presence(sample)
 
-    def frames(self, dataset: str, video_id: str, indices: Sequence[int], pixels: int = 0) -> list[np.ndarray]:
+    def frames(self, dataset: str, video_id: str, indices: Sequence[int],
+               pixels: int = 0) -> list[np.ndarray]:
         """Frames of one video at a budget (0 = original resolution), through the frame cache."""
         return self.frame_server.get(dataset, video_id, list(indices), pixels)
 

@@ -151,7 +151,8 @@ def validate(record: VTSCoTRecord, where: str = "record") -> None:
             raise VTSCoTFormatError(f"{where}: the system message must be text")
         messages = messages[1:]
     if not messages or len(messages) % 2:
-        raise VTSCoTFormatError(f"{where}: the conversation must be user/assistant pairs ending with the assistant")
+        raise VTSCoTFormatError(f"{where}: the conversation must be user/assistant pairs ending with "
+                                "the assistant")
     users, assistants = messages[0::2], messages[1::2]
     for i, (u, a) in enumerate(zip(users, assistants)):
         if not (isinstance(u, dict) and u.get("role") == "user" and isinstance(a, dict)
@@ -167,13 +168,16 @@ def validate(record: VTSCoTRecord, where: str = "record") -> None:
             raise VTSCoTFormatError(f"{where}: user turn {i}'s images differ from shown[{i}]")
         bad = [f.index for f in images if not 0 <= f.index < n]
         if bad:
-            raise VTSCoTFormatError(f"{where}: user turn {i} shows frames {bad} outside the video (0..{n - 1})")
+            raise VTSCoTFormatError(f"{where}: user turn {i} shows frames {bad} outside the video "
+                                    f"(0..{n - 1})")
     if len(record.trace) != len(assistants):
-        raise VTSCoTFormatError(f"{where}: {len(record.trace)} trace entries for {len(assistants)} assistant turns")
+        raise VTSCoTFormatError(f"{where}: {len(record.trace)} trace entries for {len(assistants)} "
+                                "assistant turns")
     for i, (a, t) in enumerate(zip(assistants, record.trace)):
         parsed = parse_turn(a["content"])
         if not isinstance(parsed, Action):
-            raise VTSCoTFormatError(f"{where}: assistant turn {i + 1} does not parse ({parsed.code}: {parsed.message})")
+            raise VTSCoTFormatError(f"{where}: assistant turn {i + 1} does not parse "
+                                    f"({parsed.code}: {parsed.message})")
         written = (i + 1, parsed.kind, parsed.start, parsed.end, parsed.keyframe)
         if written != (t.round, t.action, t.start, t.end, t.keyframe):
             raise VTSCoTFormatError(f"{where}: trace[{i}] {asdict(t)} does not match assistant turn {i + 1}")

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from env.datasets.base import Dataset, VideoInfo, make_sample_id
+from env.datasets.base import Dataset, VideoInfo, fingerprint_of, make_sample_id
 from env.datasets.mask_dict import MaskDictDataset, read_json
 from env.datasets.palette import PaletteDataset, open_davis, open_refytvos
 from env.errors import DatasetFormatError
@@ -38,18 +38,6 @@ MASK_DICT_META = {
 
 __all__ = ["Dataset", "VideoInfo", "MaskDictDataset", "PaletteDataset", "load_dataset", "make_sample_id",
            "synthetic_root", "synthetic_key", "fingerprint_of"]
-
-
-def fingerprint_of(fmt: str, root: Path, files: list[Path]) -> str:
-    """Short hash of what identifies the data: format, absolute root, annotation files' size/mtime."""
-    h = hashlib.sha256(f"{fmt}|{Path(root).resolve()}".encode())
-    for f in files:
-        try:
-            st = f.stat()
-            h.update(f"|{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(f"|{f.name}:missing".encode())
-    return h.hexdigest()[:12]
 
 
 def _generator_version() -> str:
@@ -129,12 +117,9 @@ def load_dataset(spec, cache_dir: str | Path | None = None, index_dir: str | Pat
     if fmt in MASK_DICT_META:
         ds: Dataset = open_mask_dict_dataset(spec.name, root, fmt, spec.meta_file)
     elif fmt == "davis":
-        meta = _pick(root, spec.meta_file, ("expressions.json", "meta_expressions.json"))
-        ds = open_davis(spec.name, root, fingerprint_of(fmt, root, [meta]), spec.meta_file)
+        ds = open_davis(spec.name, root, spec.meta_file)
     elif fmt == "refytvos":
-        meta = _pick(root, spec.meta_file, ("meta_expressions/train/meta_expressions.json",
-                                            "meta_expressions.json"))
-        ds = open_refytvos(spec.name, root, fingerprint_of(fmt, root, [meta]), spec.meta_file)
+        ds = open_refytvos(spec.name, root, spec.meta_file)
     elif fmt == "vtscot":
         from env.datasets.vtscot import open_vtscot_dataset
 

@@ -8,6 +8,7 @@ masks, presence vectors, sample lookup, the Parquet index) is implemented once h
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -38,6 +39,18 @@ class VideoInfo:
 
 def make_sample_id(dataset: str, video_id: str, exp_id: str) -> str:
     return f"{dataset}/{video_id}/{exp_id}"
+
+
+def fingerprint_of(fmt: str, root: Path, files: list[Path]) -> str:
+    """Short hash of what identifies the data: format, absolute root, annotation files' size/mtime."""
+    h = hashlib.sha256(f"{fmt}|{Path(root).resolve()}".encode())
+    for f in files:
+        try:
+            st = f.stat()
+            h.update(f"|{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"|{f.name}:missing".encode())
+    return h.hexdigest()[:12]
 
 
 class Dataset:

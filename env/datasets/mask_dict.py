@@ -80,7 +80,8 @@ class MaskDictDataset(Dataset):
         if not isinstance(videos, dict):
             raise DatasetFormatError(f"dataset '{name}': the meta file has no 'videos' object")
         for vid, video in videos.items():
-            if not isinstance(video, dict) or not isinstance(video.get("frames"), list) or not video["frames"]:
+            frames = video.get("frames") if isinstance(video, dict) else None
+            if not isinstance(frames, list) or not frames:
                 log.warning("dataset %s: video '%s' has no frame list; left out", name, vid)
                 self.skipped.append((make_sample_id(name, vid, "*"), "video has no frame list"))
                 continue

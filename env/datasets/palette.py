@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from env.datasets.base import Dataset, VideoInfo, make_sample_id
+from env.datasets.base import Dataset, VideoInfo, fingerprint_of, make_sample_id
 from env.datasets.mask_dict import normalise_expression, read_json
 from env.errors import AnnotationError, DataError, DatasetFormatError, MissingVideoError
 from env.masks import read_label_png
@@ -58,7 +58,8 @@ class PaletteDataset(Dataset):
                 exps, frames = [(str(i), e) for i, e in enumerate(entry)], None
             elif isinstance(entry, dict):
                 raw = entry.get("expressions") or {}
-                exps = list(raw.items()) if isinstance(raw, dict) else [(str(i), e) for i, e in enumerate(raw)]
+                exps = (list(raw.items()) if isinstance(raw, dict)
+                        else [(str(i), e) for i, e in enumerate(raw)])
                 frames = entry.get("frames")
             else:
                 self.skipped.append((make_sample_id(name, vid, "*"), "unreadable video entry"))
@@ -117,7 +118,8 @@ class PaletteDataset(Dataset):
         # One PNG read per frame for all the sample's objects (the base class reads one per object).
         if len(sample.anno_ids) <= 1:
             return super().gt_masks(sample, indices)
-        indices = check_indices(indices, self.num_frames(sample.video_id), f"ground truth of '{sample.sample_id}'")
+        indices = check_indices(indices, self.num_frames(sample.video_id),
+                                f"ground truth of '{sample.sample_id}'")
         size = self.frame_size(sample.video_id)
         values = [self._value_of(sample.video_id, int(a)) for a in sample.anno_ids]
         return np.stack([np.isin(self._read_label(sample.video_id, i, size), values) for i in indices]) \
@@ -164,8 +166,9 @@ class PaletteDataset(Dataset):
         return samples
 
 
-def open_davis(name: str, root: Path, fingerprint: str, meta_file: str | None = None) -> PaletteDataset:
+def open_davis(name: str, root: Path, meta_file: str | None = None) -> PaletteDataset:
     meta_path = _pick_meta(root, meta_file, ("expressions.json", "meta_expressions.json"))
+    fingerprint = fingerprint_of("davis", root, [meta_path])
     frames_root = _resolution_dir(root / "JPEGImages")
     annotations_root = _resolution_dir(root / "Annotations")
     for d in (frames_root, annotations_root):
@@ -175,9 +178,10 @@ def open_davis(name: str, root: Path, fingerprint: str, meta_file: str | None = 
                           frames_root, annotations_root)
 
 
-def open_refytvos(name: str, root: Path, fingerprint: str, meta_file: str | None = None) -> PaletteDataset:
+def open_refytvos(name: str, root: Path, meta_file: str | None = None) -> PaletteDataset:
     meta_path = _pick_meta(root, meta_file, ("meta_expressions/train/meta_expressions.json",
                                              "meta_expressions.json"))
+    fingerprint = fingerprint_of("refytvos", root, [meta_path])
     # The split is the folder under meta_expressions/ (train, valid, test); frames sit in ROOT/<split>.
     rel = meta_path.relative_to(root) if meta_path.is_relative_to(root) else Path(meta_path.name)
     split = rel.parts[1] if len(rel.parts) >= 3 and rel.parts[0] == "meta_expressions" else ""

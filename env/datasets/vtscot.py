@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from env.datasets.base import make_sample_id
+from env.datasets.base import fingerprint_of, make_sample_id
 from env.datasets.mask_dict import MaskDictDataset
 from env.errors import UnknownSampleError, VTSCoTFormatError
 from env.vtscot import VTSCoTRecord, read_vtscot
@@ -46,8 +46,6 @@ class VTSCoTDataset(MaskDictDataset):
 
 
 def open_vtscot_dataset(name: str, root: Path, meta_file: str | None = None) -> VTSCoTDataset:
-    from env.datasets import fingerprint_of
-
     path = root / (meta_file or "vtscot.jsonl")
     mask_path = root / "mask_dict.json"
     records = list(read_vtscot(path))

@@ -10,8 +10,8 @@ import pytest
 from configs.schema import QWEN_UNIT, DatasetSpec, EnvConfig, FrameCacheConfig
 from env.datasets import load_dataset
 from env.errors import (
-    CorruptVideoError, DataError, EpisodeStateError, FrameIndexError, MissingAnnotationError, MissingFrameError,
-    UnknownSampleError,
+    CorruptVideoError, DataError, EpisodeStateError, FrameIndexError, MissingAnnotationError,
+    MissingFrameError, UnknownSampleError,
 )
 from env.protocol import format_turn
 from env.types import Sample

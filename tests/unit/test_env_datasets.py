@@ -50,7 +50,8 @@ def test_rle_errors():
 
 # ------------------------------------------------------------------------- synthetic
 def test_synthetic_format_generates_once_and_reads_pixel_exact(tmp_path, monkeypatch):
-    spec = DatasetSpec(name="syn", format="synthetic", videos=2, seed=3, frames_per_video=10, image_size=(48, 64))
+    spec = DatasetSpec(name="syn", format="synthetic", videos=2, seed=3, frames_per_video=10,
+                       image_size=(48, 64))
     ds = load_dataset(spec, cache_dir=tmp_path)
     samples = ds.samples()
     assert samples and all(s.sample_id == f"syn/{s.video_id}/{s.exp_id}" for s in samples)
@@ -186,7 +187,8 @@ def test_davis2017_style_multi_object_union(tmp_path):
     for t, lab in enumerate(labels):
         _palette_png(tmp_path / "Annotations/480p/seq" / f"{t:05d}.png", lab)
         (tmp_path / "JPEGImages/480p/seq").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / "JPEGImages/480p/seq" / f"{t:05d}.jpg")
+        jpg = tmp_path / "JPEGImages/480p/seq" / f"{t:05d}.jpg"
+        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(jpg)
     (tmp_path / "expressions.json").write_text(json.dumps({"videos": {"seq": [
         {"exp": "both boxes", "type_id": 0, "obj_id": [1, 2]},
         {"exp": "the right box", "type_id": 1, "obj_id": [2]},

@@ -85,7 +85,8 @@ def test_redis_shares_frames_between_servers(redis_server, syn):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     client = redis_server.client()
     keys = sorted(k.decode() for k in client.keys("test-share:*"))
-    assert keys == sorted("test-share:" + frame_key(f"syn@{syn.fingerprint}", vid, i, 2000) for i in (0, 7, 15))
+    namespace = f"syn@{syn.fingerprint}"
+    assert keys == sorted("test-share:" + frame_key(namespace, vid, i, 2000) for i in (0, 7, 15))
     assert 0 < client.ttl(keys[0]) <= 120
     raw = client.get(keys[0])
     assert raw[:4] == b"VSF1" and b"numpy" not in raw  # raw bytes + header, not a pickle

@@ -208,7 +208,7 @@ def _check_any(text: str) -> None:
     if isinstance(out, Action):
         # Whatever was accepted must re-serialise to a turn with the same meaning.
         again = _ok(format_turn(out.think, out.kind, out.start, out.end, out.keyframe))
-        assert (again.kind, again.start, again.end, again.keyframe) == (out.kind, out.start, out.end, out.keyframe)
+        assert again == Action(out.kind, out.start, out.end, out.keyframe, again.think, again.step_markers)
         assert text.count(SEG_TOKEN) == 1
     else:
         assert out.code in ERROR_CODES and out.code != "internal", out

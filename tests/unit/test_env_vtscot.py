@@ -44,7 +44,8 @@ def test_record_from_episode_has_every_field(syn):
     r = _record(syn)
     assert r.schema == "vtscot/1" and r.video == syn.samples()[0].video_id and len(r.frames) == 16
     assert [m["role"] for m in r.conversation] == ["system", "user", "assistant", "user", "assistant"]
-    assert [(t.action, t.start, t.end, t.keyframe) for t in r.trace] == [("select", 2, 9, 5), ("answer", 3, 8, 6)]
+    trace = [(t.action, t.start, t.end, t.keyframe) for t in r.trace]
+    assert trace == [("select", 2, 9, 5), ("answer", 3, 8, 6)]
     assert [f.index for f in r.shown[0].frames] == [0, 5, 10, 15, 4, 12]
     assert [(f.index, f.pixels) for f in r.shown[1].frames] == [
         (2, CFG.low_res_pixels), (6, CFG.low_res_pixels), (9, CFG.low_res_pixels), (5, CFG.keyframe_pixels)]
