@@ -1,6 +1,5 @@
 """The env actor under local Ray with a real Redis: shared frame cache, bad input, restarts."""
 
-import os
 import time
 import uuid
 
@@ -124,4 +123,3 @@ def test_restarted_actor_loses_nothing(setup):
     assert stats["pid"] != pid and stats["frames_served"] == 4
     # The fresh process found the frames the old one cached (frame 0 at the low-res budget).
     assert stats["redis_hits"] >= 1 and stats["frames_decoded"] <= 3
-    assert os.environ.get("VIDEOSEG_REDIS_PASSWORD")  # (set by the redis_server fixture)
