@@ -52,14 +52,29 @@ def _expand_batch(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     raise ValueError(f"{name} has batch {t.shape[0]}, expected 1 or {batch} (one per [SEG] embedding)")
 
 
+def _pick(t: torch.Tensor, index: torch.Tensor | None, batch: int, name: str) -> torch.Tensor:
+    if index is not None:
+        return t[index]
+    return _expand_batch(t, batch, name)
+
+
 def language_decode(prompt_encoder, mask_decoder, features: dict, seg_embeds: torch.Tensor,
-                    multimask: bool = True, gate_by_object_score: bool = True) -> LanguageDecodeOutput:
-    """Decode one mask per [SEG] embedding. `seg_embeds` is (B, C) or (B, 1, C) in SAM2's width."""
+                    multimask: bool = True, gate_by_object_score: bool = True,
+                    high_res_index: torch.Tensor | None = None) -> LanguageDecodeOutput:
+    """Decode one mask per [SEG] embedding. `seg_embeds` is (B, C) or (B, 1, C) in SAM2's width.
+
+    Features hold one entry per embedding or one shared by all (batch 1). The high-res maps may
+    instead hold one entry per distinct frame, with `high_res_index` (B,) naming each embedding's
+    row: the decoder's high-res convs then run once per frame rather than once per embedding,
+    which matters when the G rollouts of a group decode on the same frames.
+    """
     if seg_embeds.dim() == 2:
         seg_embeds = seg_embeds[:, None, :]
     if seg_embeds.dim() != 3 or seg_embeds.shape[1] != 1:
         raise ValueError(f"seg_embeds must be (B, C) or (B, 1, C), got {tuple(seg_embeds.shape)}")
     batch = seg_embeds.shape[0]
+    if high_res_index is not None and tuple(high_res_index.shape) != (batch,):
+        raise ValueError(f"high_res_index must be ({batch},), got {tuple(high_res_index.shape)}")
     image_embed = _expand_batch(features[IMAGE_EMBED], batch, IMAGE_EMBED)
     if image_embed.shape[1] != seg_embeds.shape[-1]:
         raise ValueError(f"[SEG] embeddings are {seg_embeds.shape[-1]}-d but SAM2 prompts are "
@@ -76,9 +91,10 @@ def language_decode(prompt_encoder, mask_decoder, features: dict, seg_embeds: to
         if features.get(HIGH_RES_S0) is None or features.get(HIGH_RES_S1) is None:
             raise ValueError("this SAM2 decoder uses high-resolution features; the feature dict lacks "
                              f"'{HIGH_RES_S0}'/'{HIGH_RES_S1}'")
-        s0 = _expand_batch(features[HIGH_RES_S0], batch, HIGH_RES_S0)
-        s1 = _expand_batch(features[HIGH_RES_S1], batch, HIGH_RES_S1)
-        high_res = [mask_decoder.conv_s0(s0), mask_decoder.conv_s1(s1)]
+        s0 = mask_decoder.conv_s0(features[HIGH_RES_S0])
+        s1 = mask_decoder.conv_s1(features[HIGH_RES_S1])
+        high_res = [_pick(s0, high_res_index, batch, HIGH_RES_S0),
+                    _pick(s1, high_res_index, batch, HIGH_RES_S1)]
 
     all_logits, all_ious, tokens, obj_scores = mask_decoder(
         image_embeddings=image_embed,
@@ -105,10 +121,12 @@ def language_decode(prompt_encoder, mask_decoder, features: dict, seg_embeds: to
 
 
 def decode_with_language_token(prompt_encoder, mask_decoder, features: dict, seg_embeds: torch.Tensor,
-                               multimask: bool = True, gate_by_object_score: bool = True
+                               multimask: bool = True, gate_by_object_score: bool = True,
+                               high_res_index: torch.Tensor | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(low_res_logits (B, 1, 4h, 4w), iou_pred (B,)) for each [SEG] embedding; differentiable."""
-    out = language_decode(prompt_encoder, mask_decoder, features, seg_embeds, multimask, gate_by_object_score)
+    out = language_decode(prompt_encoder, mask_decoder, features, seg_embeds, multimask, gate_by_object_score,
+                          high_res_index)
     return out.low_res_logits, out.iou_pred
 
 

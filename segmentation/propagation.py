@@ -110,8 +110,11 @@ def _propagate_batch(model, get_features, tracks, runs: list[_Run], num_frames_c
         keys = [_run_key(tracks, r, step, model.image_size) for r in runs[:live]]
         if any(k not in window for k in keys):
             window = _prefetch(get_features, tracks, runs, step, lookahead_frames, model.image_size)
-        entries = [window[k] for k in keys]
-        top = torch.stack([e.top for e in entries])
+        distinct = list(dict.fromkeys(keys))  # runs of one video and direction share the frame
+        row = {k: i for i, k in enumerate(distinct)}
+        index = torch.tensor([row[k] for k in keys], device=model.device)
+        entries = [window[k] for k in distinct]
+        top = torch.stack([e.top for e in entries])[index]
         batch, channels, h, w = top.shape
         flat = top.flatten(2).permute(2, 0, 1)  # (h*w, B, C), SAM2's layout for memory attention
         if step == 0:
@@ -126,10 +129,13 @@ def _propagate_batch(model, get_features, tracks, runs: list[_Run], num_frames_c
                 output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": recent},
                 num_frames=num_frames_cap, track_in_reverse=False)
         feats = {IMAGE_EMBED: pix}
+        high_res_index = None
         if entries[0].s0 is not None:
             feats[HIGH_RES_S0] = torch.stack([e.s0 for e in entries])
             feats[HIGH_RES_S1] = torch.stack([e.s1 for e in entries])
-        out = language_decode(model.sam_prompt_encoder, model.sam_mask_decoder, feats, embeds[:live])
+            high_res_index = index
+        out = language_decode(model.sam_prompt_encoder, model.sam_mask_decoder, feats, embeds[:live],
+                              high_res_index=high_res_index)
         high_res = F.interpolate(out.low_res_logits, size=(model.image_size, model.image_size),
                                  mode="bilinear", align_corners=False)
         mem_feats, mem_pos = model._encode_new_memory(

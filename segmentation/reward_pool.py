@@ -203,10 +203,15 @@ class RewardPoolCore:
         with torch.no_grad(), self.autocast():
             for start in range(0, len(jobs), self.decode_batch):
                 chunk = jobs[start:start + self.decode_batch]
-                entries = [feats[self._key(plans[i], f)] for i, _, f in chunk]
-                dec = language_decode(self.model.sam_prompt_encoder, self.model.sam_mask_decoder,
-                                      stack_decode_features(self.model, entries),
-                                      torch.stack([embeds[(i, t)] for i, t, _ in chunk]))
+                keys = [self._key(plans[i], f) for i, _, f in chunk]
+                distinct = list(dict.fromkeys(keys))  # a group's rollouts share most frames
+                row = {k: r for r, k in enumerate(distinct)}
+                index = torch.tensor([row[k] for k in keys], device=self.device)
+                per_frame = stack_decode_features(self.model, [feats[k] for k in distinct])
+                dec_feats = dict(per_frame, **{IMAGE_EMBED: per_frame[IMAGE_EMBED][index]})
+                dec = language_decode(self.model.sam_prompt_encoder, self.model.sam_mask_decoder, dec_feats,
+                                      torch.stack([embeds[(i, t)] for i, t, _ in chunk]),
+                                      high_res_index=index if HIGH_RES_S0 in per_frame else None)
                 for job, lo in zip(chunk, dec.low_res_logits.float()):
                     out[job] = lo
         return out
@@ -232,9 +237,11 @@ class RewardPoolCore:
                 union = (pred | g).sum(dim=(1, 2))
                 pred_empty = pred.flatten(1).any(dim=1).logical_not()
                 gt_empty = g.flatten(1).any(dim=1).logical_not()
+                # One device-to-host copy per chunk, not one per job.
+                stats = torch.stack([inter, union, pred_empty.long(), gt_empty.long()]).cpu().tolist()
                 for k, job in enumerate(chunk):
-                    u = int(union[k])
-                    out[job] = (1.0 if u == 0 else int(inter[k]) / u, bool(pred_empty[k]), bool(gt_empty[k]))
+                    u = stats[1][k]
+                    out[job] = (1.0 if u == 0 else stats[0][k] / u, bool(stats[2][k]), bool(stats[3][k]))
         return out
 
     def _gt(self, sample: Sample, frames: list[int]) -> np.ndarray:

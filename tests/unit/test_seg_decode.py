@@ -110,3 +110,20 @@ def test_gradients_reach_projector_prompt_encoder_and_decoder(sam2, features):
     assert mask_decoder.conv_s0.weight.grad.abs().sum() > 0  # the high-res convs are trained too
     assert prompt_encoder.not_a_point_embed.weight.grad.abs().sum() > 0
     assert prompt_encoder.no_mask_embed.weight.grad.abs().sum() > 0
+
+
+def test_high_res_index_equals_repeated_features(sam2, features):
+    """Decoding G embeddings on shared frames via an index gives what repeating the frames gives."""
+    per_frame = stack_decode_features(sam2, features[:2])
+    index = torch.tensor([0, 1, 1, 0, 1])
+    embeds = torch.randn(5, 256, generator=torch.Generator().manual_seed(7))
+    repeated = {k: v[index] for k, v in per_frame.items()}
+    indexed = dict(per_frame, image_embed=per_frame["image_embed"][index])
+    with torch.no_grad():
+        a, ia = decode_with_language_token(sam2.sam_prompt_encoder, sam2.sam_mask_decoder, repeated, embeds)
+        b, ib = decode_with_language_token(sam2.sam_prompt_encoder, sam2.sam_mask_decoder, indexed, embeds,
+                                           high_res_index=index)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ia, ib, atol=1e-6)
+    with pytest.raises(ValueError, match="high_res_index"):
+        decode_with_language_token(sam2.sam_prompt_encoder, sam2.sam_mask_decoder, indexed, embeds,
+                                   high_res_index=index[:3])
