@@ -8,6 +8,7 @@ conv_s1, which are trainable), so weight updates from the learner never invalida
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -87,18 +88,19 @@ def memory_free_embedding(model, top: torch.Tensor) -> torch.Tensor:
         num_frames=1)
 
 
-_POS_CACHE: dict = {}
+_POS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def vision_pos_embedding(model, h: int, w: int, device, dtype) -> torch.Tensor:
     """The top level's positional encoding, flattened to (h*w, 1, C); it depends on shape only."""
-    key = (id(model), h, w, str(device), dtype)
-    if key not in _POS_CACHE:
+    per_model = _POS_CACHE.setdefault(model, {})
+    key = (h, w, str(device), dtype)
+    if key not in per_model:
         neck = model.image_encoder.neck
         probe = torch.zeros(1, neck.d_model, h, w, device=device, dtype=dtype)
         pos = neck.position_encoding(probe).to(dtype)
-        _POS_CACHE[key] = pos.flatten(2).permute(2, 0, 1)
-    return _POS_CACHE[key]
+        per_model[key] = pos.flatten(2).permute(2, 0, 1)
+    return per_model[key]
 
 
 def stack_decode_features(model, entries: Sequence[FrameFeatures]) -> dict:

@@ -10,6 +10,7 @@ own numbers on real data, and the tests compare against them to 1e-6.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import cv2
@@ -144,7 +145,8 @@ def davis_statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
     here on purpose so long sequences give the toolkit's numbers.
     """
     values = np.asarray(per_frame, dtype=np.float64)
-    with np.errstate(invalid="ignore"), _quiet_nanmean():
+    with warnings.catch_warnings():  # an all-NaN bin is allowed and gives NaN, as in the toolkit
+        warnings.simplefilter("ignore", category=RuntimeWarning)
         mean = float(np.nanmean(values))
         recall = float(np.nanmean(values > 0.5))
         edges = np.round(np.linspace(1, len(values), 5) + 1e-10) - 1
@@ -153,20 +155,6 @@ def davis_statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
         last = values[edges[3]:edges[4] + 1]
         decay = float(np.nanmean(first) - np.nanmean(last))
     return mean, recall, decay
-
-
-class _quiet_nanmean:
-    """Silence numpy's 'mean of empty slice' warning (the toolkit does the same)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def jf_mean(j: float, f: float) -> float:

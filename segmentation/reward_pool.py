@@ -102,7 +102,7 @@ class RewardPoolCore:
                  frame_source: FrameSource | None = None, gt_source: GtSource | None = None,
                  presence_source: PresenceSource | None = None, datasets: Sequence | None = None,
                  device: str = "cpu", sam2_model=None, projector: SegProjector | None = None,
-                 decode_batch: int = 256):
+                 decode_batch: int = 256, data_cache_dir=None):
         self.model_cfg, self.reward_cfg = model_cfg, reward_cfg
         self.device = str(device)
         self.model = sam2_model if sam2_model is not None else sam2_from_model_config(model_cfg, self.device)
@@ -117,7 +117,7 @@ class RewardPoolCore:
         self.bf16 = model_cfg.dtype == "bf16" and self.device.startswith("cuda")
         self.autocast = autocast_context(self.device, self.bf16)
         if datasets is not None and (frame_source is None or gt_source is None):
-            env_src = EnvDataSources(datasets, cache_dir=None)
+            env_src = EnvDataSources(datasets, cache_dir=data_cache_dir)
             frame_source = frame_source or env_src.frames
             gt_source = gt_source or env_src.gt
             presence_source = presence_source or env_src.presence
@@ -370,11 +370,11 @@ class SegRewardPoolActor:
 
     def __init__(self, model_cfg: ModelConfig, reward_cfg: RewardConfig, hidden_size: int,
                  datasets: Sequence | None = None, frame_source=None, gt_source=None, presence_source=None,
-                 device: str = "cpu", torch_threads: int | None = None):
+                 device: str = "cpu", torch_threads: int | None = None, data_cache_dir=None):
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.core = RewardPoolCore(model_cfg, reward_cfg, hidden_size, frame_source, gt_source,
-                                   presence_source, datasets, device)
+                                   presence_source, datasets, device, data_cache_dir=data_cache_dir)
 
     def score(self, batch: list[ScoreRequest], return_features: bool = True) -> list[ScoreResult]:
         import ray
@@ -419,7 +419,7 @@ class RewardPool:
     def start(cls, model_cfg: ModelConfig, reward_cfg: RewardConfig, hidden_size: int,
               num_actors: int | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0,
               datasets: Sequence | None = None, frame_source=None, gt_source=None, presence_source=None,
-              max_restarts: int = 0) -> "RewardPool":
+              max_restarts: int = 0, data_cache_dir=None) -> "RewardPool":
         import ray
 
         n = num_actors or reward_cfg.num_actors
@@ -428,7 +428,7 @@ class RewardPool:
                                                         max_restarts=max_restarts)
         threads = max(1, int(num_cpus)) if device == "cpu" else None
         actors = [remote.remote(model_cfg, reward_cfg, hidden_size, datasets, frame_source, gt_source,
-                                presence_source, device, threads) for _ in range(n)]
+                                presence_source, device, threads, data_cache_dir) for _ in range(n)]
         return cls(actors)
 
     def _split(self, batch: Sequence[ScoreRequest]) -> dict[int, list[int]]:
