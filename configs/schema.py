@@ -167,6 +167,12 @@ class RolloutConfig(Section):
         default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=512)
     )
     request_timeout_s: float = Field(600, gt=0)
+    constrain_format: bool = Field(
+        False,
+        description="constrain sampling to the action grammar (structured outputs): every turn is "
+        "well-formed and only the content is learned; for debugging and weak base models",
+    )
+    block_size: int | None = Field(None, ge=1, description="KV cache block size; None = vLLM's default")
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class RolloutEngine:
     """Owns one vLLM AsyncLLM. All methods are coroutines except construction and shutdown."""
 
     def __init__(self, model_dir: str | Path, rollout: RolloutConfig, max_images: int, seed: int = 0,
-                 family: str | None = None):
+                 family: str | None = None, dtype: str = "bf16"):
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -83,7 +83,7 @@ class RolloutEngine:
         args = AsyncEngineArgs(
             model=self.model_dir,
             tokenizer=self.model_dir,
-            dtype="auto",
+            dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype],
             seed=seed,
             max_model_len=rollout.max_model_len,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
@@ -95,6 +95,8 @@ class RolloutEngine:
             worker_extension_cls=WEIGHT_RECEIVER,
             disable_log_stats=True,
         )
+        if rollout.block_size:
+            args.block_size = rollout.block_size
         started = time.time()
         self.engine = AsyncLLM.from_engine_args(args)
         self.startup_seconds = time.time() - started
@@ -105,10 +107,19 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------------------ generation
     def sampling_params(self, sampling: SamplingConfig, stop_token_ids: list[int], max_tokens: int,
-                        seed: int | None):
+                        seed: int | None, seg_token_id: int | None = None):
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
+        from rollout.format_grammar import turn_grammar
+
+        grammar = None
+        if self.cfg.constrain_format:
+            if seg_token_id is None:
+                raise ValueError("constrained decoding needs the [SEG] token id")
+            grammar = StructuredOutputsParams(grammar=turn_grammar(seg_token_id))
         return SamplingParams(
+            structured_outputs=grammar,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=max(1, max_tokens),

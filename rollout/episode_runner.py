@@ -67,7 +67,7 @@ class EpisodeRunner:
         self.image_tokens = image_tokens or (lambda img: 0)
 
     def _params(self, max_tokens: int, seed: int):
-        params = self.engine.sampling_params(self.sampling, self.stop_ids, max_tokens, seed)
+        params = self.engine.sampling_params(self.sampling, self.stop_ids, max_tokens, seed, self.codec.seg_id)
         params.logit_bias = {int(t): -100.0 for t in self.banned}
         return params
 

@@ -1,0 +1,120 @@
+"""The rollout Ray actor (one vLLM engine each) and the router that spreads groups over actors.
+
+The actor is an async actor: many `generate` calls interleave on its event loop and share one
+engine's continuous batching. The router keeps every episode of a group on one actor, so the
+group's shared turn-0 prompt is prefilled once and then served from that engine's prefix cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from configs.schema import Config
+
+log = logging.getLogger(__name__)
+
+
+class RolloutWorker:
+    """Thin shell over RolloutService; created with `ray.remote(...)(RolloutWorker)`."""
+
+    def __init__(self, cfg: dict, model_dir: str, env_handles: list, worker_index: int = 0):
+        from rollout.service import RayEnvClient, RolloutService
+
+        logging.basicConfig(level=logging.INFO)
+        self.cfg = Config.model_validate(cfg)
+        self.index = worker_index
+        self.env = RayEnvClient(env_handles, timeout_s=self.cfg.rollout.request_timeout_s)
+        self.service = RolloutService(self.cfg, model_dir, self.env, seed=self.cfg.run.seed + worker_index)
+        self.in_flight = 0
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "startup_seconds": self.service.engine.startup_seconds,
+                "weight_version": self.service.weight_version}
+
+    async def generate(self, samples: list, group_size: int, rollout_step: int = 0, greedy: bool = False,
+                       eval_env_handles: list | None = None):
+        from rollout.service import RayEnvClient
+
+        sampling = self.cfg.rollout.eval_sampling if greedy else None
+        env = RayEnvClient(eval_env_handles) if eval_env_handles else None
+        self.in_flight += len(samples) * group_size
+        try:
+            return await self.service.generate(samples, group_size, rollout_step, sampling, env)
+        finally:
+            self.in_flight -= len(samples) * group_size
+
+    async def update_weights(self, version_dir: str, version: int) -> dict:
+        return await self.service.update_weights(version_dir, version)
+
+    async def pause(self) -> None:
+        await self.service.engine.pause()
+
+    async def resume(self) -> None:
+        await self.service.engine.resume()
+
+    async def health(self) -> dict:
+        await self.service.engine.check_health()
+        return {"pid": os.getpid(), "in_flight": self.in_flight, "weight_version": self.service.weight_version}
+
+    def set_constrain_format(self, on: bool) -> None:
+        """Switch grammar-constrained sampling (debugging and tests; normally set from config)."""
+        self.service.engine.cfg = self.service.engine.cfg.model_copy(update={"constrain_format": bool(on)})
+
+    async def score_sequence(self, prompt_ids: list, images: list):
+        return await self.service.engine.score_sequence(prompt_ids, images)
+
+    def shutdown(self) -> None:
+        self.service.shutdown()
+
+
+def create_rollout_workers(cfg: Config, model_dir: str, env_handles: list, n: int | None = None,
+                           wait: bool = True, placement_group=None) -> list:
+    import ray
+
+    n = n or cfg.rollout.num_workers
+    res = cfg.cluster.rollout
+    opts = dict(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=cfg.cluster.actor_max_restarts,
+                max_concurrency=1000)
+    remote_cls = ray.remote(**opts)(RolloutWorker)
+    workers = []
+    for i in range(n):
+        options = {}
+        if placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=placement_group)
+        workers.append(remote_cls.options(**options).remote(cfg.model_dump(mode="json"), str(model_dir),
+                                                            env_handles, i))
+    if wait:
+        ray.get([w.ready.remote() for w in workers])
+    return workers
+
+
+class RolloutRouter:
+    """Splits a batch of prompts over workers (whole groups only), balancing episode counts."""
+
+    def __init__(self, workers: list):
+        if not workers:
+            raise ValueError("RolloutRouter needs at least one worker")
+        self.workers = list(workers)
+
+    def assign(self, samples: list) -> list[list]:
+        chunks: list[list] = [[] for _ in self.workers]
+        for i, s in enumerate(samples):
+            chunks[i % len(self.workers)].append(s)
+        return chunks
+
+    async def generate(self, samples: list, group_size: int, rollout_step: int, greedy: bool = False,
+                       eval_env_handles: list | None = None) -> list:
+        chunks = self.assign(samples)
+        refs = [w.generate.remote(c, group_size, rollout_step, greedy, eval_env_handles)
+                for w, c in zip(self.workers, chunks) if c]
+        results = await asyncio.gather(*refs)
+        return [t for part in results for t in part]
+
+    def update_weights(self, version_dir: str, version: int) -> list:
+        import ray
+
+        return ray.get([w.update_weights.remote(version_dir, version) for w in self.workers])
