@@ -210,7 +210,14 @@ class RolloutEngine:
         return True
 
     def shutdown(self) -> None:
+        import gc
+
+        if self.engine is None:
+            return
         try:
             self.engine.shutdown()
         except Exception as exc:  # shutting down a dead engine must not raise
             log.warning("engine shutdown: %s", exc)
+        # Collect the engine now: if its finaliser ran during interpreter exit it would fail noisily.
+        self.engine = None
+        gc.collect()

@@ -23,13 +23,15 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
-def turn_grammar(seg_token_id: int) -> str:
+def turn_grammar(seg_token_id: int, repeated: bool = False) -> str:
+    """One turn; with `repeated`, one or more turns back to back (a single-pass benchmark baseline)."""
     payload = " ".join([
         _lit(VTG_OPEN + '{"start": '), "INDEX", _lit(', "end": '), "INDEX", _lit(', "keyframe": '), "INDEX",
         _lit("}" + VTG_CLOSE + REFSEG_OPEN), f"<[{int(seg_token_id)}]>", _lit(REFSEG_CLOSE),
     ])
     lines = [
-        "start: think action",
+        "start: turn+" if repeated else "start: turn",
+        "turn: think action",
         "think: " + " ".join([
             _lit(THINK_OPEN + " Step 1: "), "PHRASE", _lit(". Step 2: "), "PHRASE", _lit(". Step 3: "),
             "PHRASE", _lit(". Action: "), "KIND", _lit(". " + THINK_CLOSE)]),

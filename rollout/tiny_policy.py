@@ -190,7 +190,10 @@ def _processor(family: str, tokenizer):
 
 
 def _stamp(family: str) -> str:
-    src = Path(__file__).read_text() + Path(__file__).with_name("processor_config.py").read_text()
+    import env.prompts
+
+    src = (Path(__file__).read_text() + Path(__file__).with_name("processor_config.py").read_text()
+           + Path(env.prompts.__file__).read_text())
     return hashlib.sha256(f"{BUILD_VERSION}:{family}:{src}".encode()).hexdigest()[:16]
 
 
