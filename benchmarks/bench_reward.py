@@ -55,8 +55,10 @@ class Videos:
         self.gt: dict[str, np.ndarray] = {}
         self.source = "davis16" if (DAVIS / "JPEGImages" / "480p").is_dir() else "synthetic"
         rng = np.random.default_rng(seed)
-        names = sorted(p.name for p in (DAVIS / "JPEGImages" / "480p").iterdir()) if self.source == "davis16" \
-            else [f"synthetic{i}" for i in range(count)]
+        if self.source == "davis16":
+            names = sorted(p.name for p in (DAVIS / "JPEGImages" / "480p").iterdir())
+        else:
+            names = [f"synthetic{i}" for i in range(count)]
         for name in names[:count]:
             out = workdir / name
             out.mkdir(parents=True)
@@ -153,7 +155,8 @@ class Timer:
     def __exit__(self, *exc):
         self.sync()
         self.seconds = time.perf_counter() - self.start
-        self.peak_gib = (torch.cuda.max_memory_allocated() / 2 ** 30) if self.device.startswith("cuda") else None
+        on_gpu = self.device.startswith("cuda")
+        self.peak_gib = torch.cuda.max_memory_allocated() / 2 ** 30 if on_gpu else None
 
 
 def autocast(device: str, bf16: bool):
@@ -226,7 +229,8 @@ def run_score(core, batch) -> dict:
     encoded0 = core.cache.stats.encoded
     results = core.score(batch)
     judged = sum(len(t.iou_vid) + 1 for r in results for t in r.turns if t.has_seg)
-    return {"masks": judged, "trajectories": len(results), "frames_encoded": core.cache.stats.encoded - encoded0}
+    return {"masks": judged, "trajectories": len(results),
+            "frames_encoded": core.cache.stats.encoded - encoded0}
 
 
 def run_encoder(model, videos: Videos, names: list[str], batch_frames: int, device: str, bf16: bool,
@@ -275,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 short videos (about a minute on CPU)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--config", default="tiny", help="'tiny' or a sam2 config such as configs/sam2.1/sam2.1_hiera_l.yaml")
+    ap.add_argument("--config", default="tiny",
+                    help="'tiny' or a sam2 config such as configs/sam2.1/sam2.1_hiera_l.yaml")
     ap.add_argument("--image-size", type=int, default=None, help="default: 256 for tiny, else the config's")
     ap.add_argument("--checkpoint", default=None, help="SAM2 .pt; default: shared random weights")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from configs.schema import ModelConfig, RewardConfig
     from segmentation.reward_pool import RewardPoolCore
-    from segmentation.sam2_models import build_video_predictor, load_model_config, materialize_random_checkpoint
+    from segmentation.sam2_models import (build_video_predictor, load_model_config,
+                                          materialize_random_checkpoint)
 
     image_size = image_size or int(load_model_config(args.config).model.image_size)
     ckpt = Path(args.checkpoint) if args.checkpoint else materialize_random_checkpoint(
@@ -314,14 +320,17 @@ def main(argv: list[str] | None = None) -> int:
         reward_cfg = RewardConfig(batch_frames=args.batch_frames, feature_cache_frames=4096)
         core = RewardPoolCore(model_cfg, reward_cfg, HIDDEN, frame_source=videos.frame_source,
                               gt_source=videos.gt_source, device=device)
-        predictor = build_video_predictor(args.config, ckpt, image_size, device) if "plain" in args.modes else None
+        predictor = None
+        if "plain" in args.modes:
+            predictor = build_video_predictor(args.config, ckpt, image_size, device)
         timer = Timer(device)
         short = videos.warmup_view(workdir)
         warm = list(short.dirs)
         results: dict[str, dict] = {}
         for mode in args.modes:
             if mode == "encoder":
-                results[mode] = run_encoder(core.model, videos, names, args.batch_frames, device, args.bf16, timer)
+                results[mode] = run_encoder(core.model, videos, names, args.batch_frames, device, args.bf16,
+                                            timer)
                 print(f"{mode:>10}: {results[mode]['frames_per_s']:8.2f} frames/s", flush=True)
                 continue
             if mode == "plain":
@@ -359,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
     }
     if "plain" in results and "pool" in results:
-        report["pool_vs_plain_speedup"] = results["pool"]["frames_scored_per_s"] / results["plain"]["frames_scored_per_s"]
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"reward_{device.split(':')[0]}.json"
+        report["pool_vs_plain_speedup"] = (results["pool"]["frames_scored_per_s"]
+                                           / results["plain"]["frames_scored_per_s"])
+    default_out = ROOT / "benchmarks" / "results" / f"reward_{device.split(':')[0]}.json"
+    out = Path(args.out) if args.out else default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")

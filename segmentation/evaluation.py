@@ -80,7 +80,8 @@ def score_davis(gt_root: str | Path, pred_root: str | Path, task: str = "semi-su
             gt_objects, frame_ids = gt_objects[:, 1:-1], frame_ids[1:-1]
         pred_labels = np.stack([_read_pred_label(pred_root / seq, f) for f in frame_ids]).astype(np.int64)
         if pred_labels.shape[1:] != gt_objects.shape[2:]:
-            raise ScoreError(f"{seq}: predictions are {pred_labels.shape[1:]}, annotations {gt_objects.shape[2:]}")
+            raise ScoreError(f"{seq}: predictions are {pred_labels.shape[1:]}, "
+                             f"annotations {gt_objects.shape[2:]}")
         pred_objects = _object_masks(pred_labels, int(pred_labels.max()))
         if task == "semi-supervised":
             pairs = _semi_supervised(seq, gt_objects, pred_objects)
@@ -244,7 +245,8 @@ def expression_gt(mask_dict: dict, anno_ids, num_frames: int, shape: tuple[int, 
     return masks
 
 
-def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str, meta_file: str | None = None) -> list[ExpressionScore]:
+def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str,
+                      meta_file: str | None = None) -> list[ExpressionScore]:
     """Per-expression temporal means of J and F over every frame listed in the meta file."""
     gt_dir = Path(gt_dir)
     candidates = ("meta_expressions_valid_.json", "meta_expressions.json") if fmt == "revos" else \
@@ -257,13 +259,17 @@ def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str, meta_file:
         frames = list(rec["frames"])
         shape = (int(rec["height"]), int(rec["width"])) if "height" in rec and "width" in rec else None
         for exp_id, exp in rec["expressions"].items():
+            if "anno_id" not in exp:
+                raise ScoreError(f"{video}/{exp_id} has no anno_id: this split has no local ground truth "
+                                 "(MeViS 'valid' is scored by the challenge server)")
             type_id = exp.get("type_id") if fmt == "revos" else None
             if not preds.has_video(video):  # both official scripts score a missing video 0
                 scores.append(ExpressionScore(video, exp_id, 0.0, 0.0, type_id, "no predictions"))
                 continue
             try:
                 pm = preds.masks(video, exp_id, frames)
-                gm = expression_gt(mask_dict, exp["anno_id"], len(frames), pm.shape[1:] if shape is None else shape)
+                size = pm.shape[1:] if shape is None else shape
+                gm = expression_gt(mask_dict, exp["anno_id"], len(frames), size)
                 if gm.shape != pm.shape:
                     raise MaskFormatError(f"{video}/{exp_id}: predictions {pm.shape[1:]} vs ground truth "
                                           f"{gm.shape[1:]}")

@@ -192,7 +192,8 @@ class FeatureCache:
                 feats = encode_images(self.model, batch)
             for key, feat in zip(chunk, feats):
                 # Clone so a cached entry does not pin the whole batch tensor in memory.
-                feat = FrameFeatures(*(None if t is None else t.clone() for t in (feat.top, feat.s0, feat.s1)))
+                feat = FrameFeatures(*(None if t is None else t.clone()
+                                       for t in (feat.top, feat.s0, feat.s1)))
                 out[key] = feat
                 self._insert(key, feat)
         self.stats.encoded += len(keys)

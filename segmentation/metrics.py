@@ -120,7 +120,8 @@ def sequence_jf(gts: np.ndarray, preds: np.ndarray, voids: np.ndarray | None = N
     """Per-frame J and F arrays for TxHxW ground truth and prediction."""
     gts, preds = np.asarray(gts), np.asarray(preds)
     if gts.shape != preds.shape or gts.ndim != 3:
-        raise ValueError(f"sequence_jf needs two TxHxW stacks of one shape, got {gts.shape} and {preds.shape}")
+        raise ValueError(f"sequence_jf needs two TxHxW stacks of one shape, got {gts.shape} and "
+                         f"{preds.shape}")
     j = np.atleast_1d(region_similarity(gts, preds, voids)).astype(np.float64)
     f = np.array([boundary_f_measure(gts[t], preds[t], None if voids is None else voids[t])
                   for t in range(gts.shape[0])], dtype=np.float64)

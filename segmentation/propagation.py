@@ -74,7 +74,8 @@ def _slice_memory(step_out: dict, n: int) -> dict:
 
 
 def propagate_tracks(model, get_features: Callable[[list[tuple[str, str, int]]], dict[str, FrameFeatures]],
-                     tracks: Sequence[Track], autocast: Callable[[], contextlib.AbstractContextManager] = None,
+                     tracks: Sequence[Track],
+                     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
                      lookahead_frames: int = 32, max_batch: int = 256) -> list[np.ndarray]:
     """Binary masks (num_frames, H, W) per track, keyframe decode + memory propagation both ways."""
     autocast = autocast or contextlib.nullcontext

@@ -161,7 +161,8 @@ class RewardPoolCore:
         presence = tuple(sample.presence) if sample.presence else None
         if presence is None:
             if self.presence_source is None:
-                raise ValueError(f"{sample.sample_id} carries no presence and the pool has no presence source")
+                raise ValueError(f"{sample.sample_id} carries no presence and the pool has no "
+                                 "presence source")
             presence = tuple(bool(v) for v in self.presence_source(sample))
         keyframes = [resolve_keyframe(ep, t) for t in range(len(ep.turns))]
         return _Plan(req, sample, [int(f) for f in ep.initial_high], keyframes, presence)
@@ -225,7 +226,8 @@ class RewardPoolCore:
         for jobs_s in by_sample.values():
             sample = plans[jobs_s[0][0]].sample
             frames = sorted({f for _, _, f in jobs_s})
-            gt = torch.from_numpy(self._gt(sample, frames)).to(self.device)
+            gt = np.require(self._gt(sample, frames), requirements=["C", "W"])  # torch wants writable
+            gt = torch.from_numpy(gt).to(self.device)
             row = {f: r for r, f in enumerate(frames)}
             h, w = gt.shape[-2:]
             for start in range(0, len(jobs_s), IOU_CHUNK):
@@ -247,7 +249,8 @@ class RewardPoolCore:
     def _gt(self, sample: Sample, frames: list[int]) -> np.ndarray:
         gt = np.asarray(self.gt_source(sample, list(frames)), dtype=bool)
         if gt.ndim != 3 or gt.shape[0] != len(frames):
-            raise ValueError(f"gt_source returned shape {gt.shape} for {len(frames)} frames of {sample.sample_id}")
+            raise ValueError(f"gt_source returned shape {gt.shape} for {len(frames)} frames of "
+                             f"{sample.sample_id}")
         return gt
 
     def _result(self, i, plan: _Plan, embeds, logits, ious, feats, exported, return_features) -> ScoreResult:
@@ -357,7 +360,8 @@ class RewardPoolCore:
         return self.version
 
     def status(self) -> PoolStatus:
-        return PoolStatus(self.version, len(self.cache), self.cache.stats.as_dict(), self.device, self.image_size)
+        return PoolStatus(self.version, len(self.cache), self.cache.stats.as_dict(), self.device,
+                          self.image_size)
 
 
 # ------------------------------------------------------------------------------ Ray shell

@@ -22,14 +22,16 @@ from segmentation.evaluation import (ScoreError, mean_over_expressions, revos_su
                                      score_expressions)
 
 
-def run(fmt: str, gt: str | Path, pred: str | Path, meta: str | None = None, davis_task: str = "semi-supervised",
-        sequences: list[str] | None = None, visa_rounding: bool = False) -> dict:
+def run(fmt: str, gt: str | Path, pred: str | Path, meta: str | None = None,
+        davis_task: str = "semi-supervised", sequences: list[str] | None = None,
+        visa_rounding: bool = False) -> dict:
     if fmt == "davis":
         out = score_davis(gt, pred, davis_task, sequences)
     elif fmt in ("mevis", "revos"):
         scores = score_expressions(gt, pred, fmt, meta)
         out = {"format": fmt, "per_expression": {s.key: s.as_dict() for s in scores}}
-        out["summary"] = revos_summary(scores, visa_rounding) if fmt == "revos" else mean_over_expressions(scores)
+        out["summary"] = (revos_summary(scores, visa_rounding) if fmt == "revos"
+                          else mean_over_expressions(scores))
     else:
         raise ScoreError(f"unknown format '{fmt}' (davis, mevis, revos)")
     out.update({"gt": str(gt), "pred": str(pred)})
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ReVOS: round each expression to 2 decimals in percent before averaging")
     args = ap.parse_args(argv)
     try:
-        out = run(args.format, args.gt, args.pred, args.meta, args.davis_task, args.sequences, args.visa_rounding)
+        out = run(args.format, args.gt, args.pred, args.meta, args.davis_task, args.sequences,
+                  args.visa_rounding)
     except (ScoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,8 @@ class SegProjector(nn.Module):
         self.hidden_size = hidden_size
         self.out_dim = out_dim
         # Indices 0 and 2 hold the weights, so the state-dict keys match the common Sequential layout.
-        self.layers = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, out_dim))
+        self.layers = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(),
+                                    nn.Linear(hidden_size, out_dim))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.shape[-1] != self.hidden_size:

@@ -41,8 +41,8 @@ def episode(sample, turns, sampled):
 
     n, seen, records = sample.num_frames, sample.num_frames // 2, []
     for kind, s, e, k in turns:
-        records.append(TurnRecord("", Action(kind, s, e, k, "Step 1 Step 2 Action", (True, True, False, True)),
-                                  None, (s, e, k), keyframe_seen=seen))
+        act = Action(kind, s, e, k, "Step 1 Step 2 Action", (True, True, False, True))
+        records.append(TurnRecord("", act, None, (s, e, k), keyframe_seen=seen))
         seen = k
     return EpisodeState(sample, f"{sample.sample_id}-ep", [0, n - 1], list(sampled), records, True, "answer")
 
@@ -95,7 +95,8 @@ def test_predictions_score_through_the_cli_loop(spec, dataset, model_cfg, davis_
         write_binary_png(tmp_path / "pred" / sample.video_id / sample.exp_id / f"{f}.png", m)
     scored = run("revos", tmp_path / "gt", tmp_path / "pred")["per_expression"][f"car-shadow_{sample.exp_id}"]
     j, f = sequence_jf(dataset.gt_masks(sample, list(range(sample.num_frames))), masks)
-    assert scored["J"] == pytest.approx(j.mean(), abs=1e-12) and scored["F"] == pytest.approx(f.mean(), abs=1e-12)
+    assert scored["J"] == pytest.approx(j.mean(), abs=1e-12)
+    assert scored["F"] == pytest.approx(f.mean(), abs=1e-12)
 
 
 @pytest.mark.ray

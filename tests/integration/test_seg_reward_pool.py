@@ -67,7 +67,8 @@ def test_each_frame_is_encoded_once_on_the_actor_its_video_routes_to(first, batc
     assert [r.trajectory_id for r in results] == [r.trajectory_id for r in batch]
     for vid in ("toy0", "toy1"):
         reqs = [r for r in batch if r.episode.sample.video_id == vid]
-        frames = {f for r in reqs for f in r.episode.initial_high + [t.keyframe_seen for t in r.episode.turns]}
+        frames = {f for r in reqs
+                  for f in r.episode.initial_high + [t.keyframe_seen for t in r.episode.turns]}
         owner = route(reqs[0], 2)
         assert {route(r, 2) for r in reqs} == {owner}
         assert status[owner].cached_frames >= len(frames)
@@ -92,7 +93,8 @@ def test_a_retry_returns_the_same_result_from_the_cache(pool, first, batch, mode
             assert np.array_equal(ta.keyframe_mask, tc.keyframe_mask)
 
 
-def test_features_are_shared_object_refs_the_learner_decodes_with_gradients(ray_local, first, batch, model_cfg):
+def test_features_are_shared_object_refs_the_learner_decodes_with_gradients(ray_local, first, batch,
+                                                                             model_cfg):
     results, _ = first
     r0, r1 = results[0], results[1]
     shared = set(r0.sampled_features) & set(r1.sampled_features)

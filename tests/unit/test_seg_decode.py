@@ -25,7 +25,8 @@ def sam2(tiny_sam2_ckpt):
 def features(sam2):
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 255, (3, 40, 60, 3), dtype=np.uint8)
-    cache = FeatureCache(sam2, 256, 8, 4, lambda ds, vid, idx: [frames[i] for i in idx], contextlib.nullcontext)
+    cache = FeatureCache(sam2, 256, 8, 4, lambda ds, vid, idx: [frames[i] for i in idx],
+                         contextlib.nullcontext)
     got = cache.get_many([("d", "v", i) for i in range(3)])
     return [got[f"d/v/{i}/256"] for i in range(3)]
 
@@ -50,7 +51,8 @@ def test_decode_shapes_and_best_candidate(sam2, features):
     assert torch.equal(out.best_index, out.all_ious.argmax(-1))
     present = out.object_score_logits[:, 0] > 0
     for b in range(3):
-        expected = out.all_logits[b, out.best_index[b]] if present[b] else torch.full((64, 64), NO_OBJECT_LOGIT)
+        blank = torch.full((64, 64), NO_OBJECT_LOGIT)
+        expected = out.all_logits[b, out.best_index[b]] if present[b] else blank
         assert torch.equal(out.low_res_logits[b, 0], expected)
     masks = logits_to_masks(out.low_res_logits, 40, 60)
     assert masks.shape == (3, 40, 60) and masks.dtype == torch.bool

@@ -39,7 +39,8 @@ def group(toy, vid="toy0", g=4):
     out = []
     for i in range(g):
         turns = [("select", 2, 8, 3 + i), ("answer", 2, 9, 5 + i)]
-        out.append(ScoreRequest(f"{vid}-r{i}", toy.episode(vid, turns, episode_id=f"{vid}-{i}"), hidden(i, 2)))
+        ep = toy.episode(vid, turns, episode_id=f"{vid}-{i}")
+        out.append(ScoreRequest(f"{vid}-r{i}", ep, hidden(i, 2)))
     return out
 
 
@@ -110,7 +111,8 @@ def test_a_turn_without_seg_has_empty_masks(model_cfg, seg_toy):
     assert core.cache.stats.encoded == 0 and res.features == {}  # nothing to decode or export
     with_features = core.score([ScoreRequest("x", ep, [None, None])])[0]
     assert set(with_features.features) == {f"toy/toy0/{f}/256" for f in (0, 1, 4, 6)}
-    ref = make_core(model_cfg, seg_toy, reference_behaviour=True).score([ScoreRequest("x", ep, [None, None])])[0]
+    ref_core = make_core(model_cfg, seg_toy, reference_behaviour=True)
+    ref = ref_core.score([ScoreRequest("x", ep, [None, None])])[0]
     assert res.terms["progressive"] == 2.0 and ref.terms["progressive"] == 0.0  # d = 1 - 0 vs d = 0 - 0
 
 
@@ -169,7 +171,8 @@ def test_keyframe_rules(seg_toy):
 
 def test_predict_propagates_from_the_final_keyframe(model_cfg, seg_toy):
     core = make_core(model_cfg, seg_toy)
-    reqs = [ScoreRequest("a", seg_toy.episode("toy0", [("select", 0, 9, 5), ("answer", 0, 9, 7)]), hidden(1, 2)),
+    two_turns = seg_toy.episode("toy0", [("select", 0, 9, 5), ("answer", 0, 9, 7)])
+    reqs = [ScoreRequest("a", two_turns, hidden(1, 2)),
             ScoreRequest("b", seg_toy.episode("toy1", [("answer", 0, 9, 0)]), hidden(2)),
             ScoreRequest("c", seg_toy.episode("toy1", [("answer", 0, 9, 3)]), [None])]
     masks = core.predict(reqs)

@@ -84,7 +84,8 @@ def test_step_format_averages_markers_over_turns():
     (-4, 5, pytest.approx(0.5 * 4 / 6), 0.5 * 3 / 5),  # start clamped to 0
 ])
 def test_interval(s, e, intended, reference):
-    assert both(interval_term, inputs([turn("select", 0, 9, 4), turn("answer", s, e, 4)])) == (intended, reference)
+    inp = inputs([turn("select", 0, 9, 4), turn("answer", s, e, 4)])
+    assert both(interval_term, inp) == (intended, reference)
 
 
 def test_interval_unparsable_last_turn_and_absent_target():
@@ -95,7 +96,8 @@ def test_interval_unparsable_last_turn_and_absent_target():
 
 
 # ---------------------------------------------------------------------------------- keyframe
-@pytest.mark.parametrize("k,expected", [(5, 1.0), (2, 1.0), (7, 1.0), (0, -1.0), (8, -1.0), (50, -1.0), (-3, -1.0)])
+@pytest.mark.parametrize("k,expected", [(5, 1.0), (2, 1.0), (7, 1.0), (0, -1.0), (8, -1.0), (50, -1.0),
+                                        (-3, -1.0)])
 def test_keyframe(k, expected):
     assert both(keyframe_term, inputs([turn("answer", 0, 9, k)])) == (expected, expected)
 

@@ -26,8 +26,9 @@ def test_rle_round_trip_and_errors():
 
 def test_davis_cli_writes_json(davis16_dir, tmp_path):
     out = tmp_path / "davis.json"
-    rc = main(["--format", "davis", "--gt", str(davis16_dir), "--pred", str(davis16_dir / "osvos_predictions"),
-               "--json", str(out), "--sequences", "blackswan", "car-shadow"])
+    rc = main(["--format", "davis", "--gt", str(davis16_dir), "--pred",
+               str(davis16_dir / "osvos_predictions"), "--json", str(out), "--sequences", "blackswan",
+               "car-shadow"])
     assert rc == 0
     res = json.loads(out.read_text())
     golden = json.loads(GOLDEN.read_text())["semi-supervised"]["per_object"]
@@ -52,7 +53,8 @@ def osvos_as_expressions(davis_revos_dir, davis16_dir, tmp_path_factory):
     png_root = tmp_path_factory.mktemp("preds")
     results = {}
     for video, rec in meta.items():
-        masks = [read_binary_png(davis16_dir / "osvos_predictions" / video / f"{f}.png") for f in rec["frames"]]
+        pred_dir = davis16_dir / "osvos_predictions" / video
+        masks = [read_binary_png(pred_dir / f"{f}.png") for f in rec["frames"]]
         results[video] = {}
         for exp_id in rec["expressions"]:
             for f, m in zip(rec["frames"], masks):
@@ -72,7 +74,8 @@ def test_revos_and_mevis_loops_on_real_masks(davis_revos_dir, osvos_as_expressio
         video = key.rsplit("_", 1)[0]
         assert abs(e["J"] - np.mean(golden[f"{video}_1"]["J"])) < 1e-6
         assert abs(e["F"] - np.mean(golden[f"{video}_1"]["F"])) < 1e-6
-    j_all = np.mean([np.mean(golden[f"{v}_1"]["J"]) for v in ("blackswan", "camel", "car-shadow", "dog", "libby")])
+    seqs = ("blackswan", "camel", "car-shadow", "dog", "libby")
+    j_all = np.mean([np.mean(golden[f"{v}_1"]["J"]) for v in seqs])
     s = revos["summary"]
     assert s["referring"]["J"] == pytest.approx(j_all) and s["reasoning"]["J"] == pytest.approx(j_all)
     assert s["overall"]["J"] == pytest.approx(j_all) and s["dropped_type_2"] == 0
@@ -95,7 +98,8 @@ def _tiny_revos(root: Path) -> Path:
             "0": {"exp": "d", "anno_id": [2], "type_id": 0}}}}}
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta_expressions_valid_.json").write_text(json.dumps(meta))
-    (root / "mask_dict.json").write_text(json.dumps({"1": [encode_rle(block), None], "2": [encode_rle(block)]}))
+    masks = {"1": [encode_rle(block), None], "2": [encode_rle(block)]}
+    (root / "mask_dict.json").write_text(json.dumps(masks))
     pred = root / "pred"
     write_binary_png(pred / "v" / "0" / "00000.png", block)  # perfect: J = F = 1 on both frames
     write_binary_png(pred / "v" / "0" / "00001.png", np.zeros((6, 6)))
