@@ -114,6 +114,19 @@ class RolloutRouter:
         results = await asyncio.gather(*refs)
         return [t for part in results for t in part]
 
+    def launch(self, samples: list, group_size: int, rollout_step: int, greedy: bool = False,
+               eval_env_handles: list | None = None) -> list:
+        """Start generation on every worker; returns the object refs (collect with `collect`)."""
+        chunks = self.assign(samples)
+        return [w.generate.remote(c, group_size, rollout_step, greedy, eval_env_handles)
+                for w, c in zip(self.workers, chunks) if c]
+
+    @staticmethod
+    def collect(refs: list, timeout: float | None = None) -> list:
+        import ray
+
+        return [t for part in ray.get(refs, timeout=timeout) for t in part]
+
     def update_weights(self, version_dir: str, version: int) -> list:
         import ray
 

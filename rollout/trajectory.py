@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from env.types import Action, EndReason, FrameRef, ParseError, Sample, TurnRecord
+from env.types import Action, EndReason, EpisodeState, FrameRef, ParseError, Sample, TurnRecord
 
 
 @dataclass
@@ -55,6 +55,12 @@ class Trajectory:
     @property
     def num_generated(self) -> int:
         return int(sum(self.loss_mask))
+
+    def episode_state(self) -> EpisodeState:
+        """The finished episode as the environment would describe it (for the reward pool)."""
+        return EpisodeState(sample=self.sample, episode_id=self.traj_id, initial_low=list(self.initial_low),
+                            initial_high=list(self.initial_high), turns=[t.record for t in self.turns],
+                            done=True, end_reason=self.end_reason)
 
     def check(self) -> None:
         """Internal consistency; raises AssertionError with the first violation."""

@@ -1,0 +1,374 @@
+"""`LearnerCore`: one data-parallel learner rank as a plain object (the Ray actor wraps it).
+
+It owns the policy under a DeepSpeed engine and a frozen reference copy, and does three things:
+  - score(trajectories): a no-grad forward that yields each turn's [SEG] hidden state (vLLM does not
+    expose hidden states), the learner's own log-probs of the sampled tokens (for the truncated
+    importance weights) and the reference policy's (for the KL);
+  - train(items): the GRPO update with SEG-aware calibration and the auxiliary mask loss;
+  - weight export for the rollout engines and the reward pool, and checkpoints.
+Frames and image features come through injected callables, so the core runs without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from configs.schema import Config
+from learner.batching import MicroBatch, collate, plan_micro_batches
+from learner.losses import LossConfig, LossInputs, bce_dice_loss, grpo_loss, mask_log_likelihood
+from learner.policy import build_policy, reference_model, save_policy
+from rollout.trajectory import Trajectory
+from segmentation.language_decode import HIGH_RES_S0, HIGH_RES_S1, IMAGE_EMBED
+
+log = logging.getLogger(__name__)
+
+FrameFetcher = Callable[[list], list]  # FrameRefs -> RGB arrays
+FeatureFetcher = Callable[[object], dict]  # a ScoreResult.features value -> feature dict
+GtFetcher = Callable[[object, list], np.ndarray]  # (Sample, frame indices) -> bool (n, H, W)
+
+
+@dataclass
+class ScoreOutput:
+    traj_id: str
+    seg_hidden: list[np.ndarray | None]  # per turn
+    old_logp: list[float]  # learner log-probs on the sampled tokens, in sequence order
+    ref_logp: list[float] | None
+
+
+@dataclass
+class TrainItem:
+    traj: Trajectory
+    advantage: float
+    old_logp: list[float]
+    ref_logp: list[float] | None
+    score: object | None = None  # segmentation.types.ScoreResult (calibration + aux inputs)
+
+
+@dataclass
+class BatchTotals:
+    """Global normalisers of the loss (whole batch over all ranks), computed by the driver."""
+
+    num_sequences: int
+    num_tokens: int
+    max_tokens: int
+    num_aux: int
+
+
+@dataclass
+class TrainStats:
+    loss: float = 0.0
+    values: dict = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _scatter_masked(values: list[float], mask: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    out[mask.bool()] = torch.tensor(values, dtype=torch.float32)
+    return out
+
+
+class LearnerCore:
+    def __init__(self, cfg: Config, policy_dir: str | Path, rank: int = 0, world_size: int = 1,
+                 device: str | None = None, frame_fetcher: FrameFetcher | None = None,
+                 feature_fetcher: FeatureFetcher | None = None, gt_fetcher: GtFetcher | None = None):
+        import deepspeed
+        from transformers import AutoProcessor
+
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.policy_dir = Path(policy_dir)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.frame_fetcher = frame_fetcher
+        self.feature_fetcher = feature_fetcher or (lambda v: v)
+        self.gt_fetcher = gt_fetcher
+        _seed_everything(cfg.run.seed + rank)
+        lc = cfg.learner
+        self.policy = build_policy(cfg.model, self.policy_dir, self.device, seed=cfg.run.seed,
+                                   gradient_checkpointing=lc.gradient_checkpointing,
+                                   freeze_vision=lc.freeze_vision)
+        self.reference = None
+        if lc.kl_coef > 0 and lc.reference_policy == "frozen_copy":
+            self.reference = reference_model(self.policy)
+        processor = AutoProcessor.from_pretrained(str(self.policy_dir))
+        self.image_processor = processor.image_processor
+        tok = processor.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+        self.loss_cfg = LossConfig(clip_low=lc.clip_eps_low, clip_high=lc.clip_eps_high, kl_coef=lc.kl_coef,
+                                   kl_estimator=lc.kl_estimator, aggregation=lc.loss_aggregation,
+                                   use_tis=True, tis_cap=lc.tis_cap, aux_weight=lc.aux_mask_weight)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lc.lr, betas=tuple(lc.adam_betas), weight_decay=lc.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": lc.grad_clip,
+            "zero_optimization": {"stage": lc.zero_stage},
+            "bf16": {"enabled": lc.precision == "bf16"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+            dist_init_required=True)
+        self.dtype = torch.bfloat16 if lc.precision == "bf16" else torch.float32
+        self.updates = 0
+
+    def _lr_factor(self, step: int) -> float:
+        lc = self.cfg.learner
+        if lc.warmup_steps and step < lc.warmup_steps:
+            return (step + 1) / lc.warmup_steps
+        if lc.lr_schedule == "linear":
+            total = max(1, self.cfg.run.steps - lc.warmup_steps)
+            return max(0.0, 1.0 - (step - lc.warmup_steps) / total)
+        return 1.0
+
+    @property
+    def module(self):
+        return self.engine.module
+
+    # -------------------------------------------------------------------------- inputs
+    def _micro_batches(self, trajs: list[Trajectory], min_batches: int = 1) -> list[list[int]]:
+        return plan_micro_batches([len(t.token_ids) for t in trajs], self.cfg.learner.micro_batch_tokens,
+                                  min_batches)
+
+    def _collate(self, trajs: list[Trajectory], index: list[int]) -> MicroBatch:
+        images = [self.frame_fetcher(trajs[i].frames) if trajs[i].frames else [] for i in index]
+        mb = collate(trajs, index, images, self.image_processor, self.pad_id, self.image_pad_id)
+        mb = mb.to(self.device)
+        if mb.pixel_values is not None:
+            mb.pixel_values = mb.pixel_values.to(self.dtype)
+        return mb
+
+    def _hidden(self, module, mb: MicroBatch):
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=self.dtype == torch.bfloat16):
+            return module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw)
+
+    # --------------------------------------------------------------------------- score
+    @torch.no_grad()
+    def score(self, trajs: list[Trajectory]) -> list[ScoreOutput]:
+        module = self.module
+        module.eval()
+        out: list[ScoreOutput | None] = [None] * len(trajs)
+        for index in self._micro_batches(trajs):
+            mb = self._collate(trajs, index)
+            hidden = self._hidden(module, mb)
+            sel = mb.loss_mask.bool()
+            old, _ = module.selected_logprobs(hidden, mb.input_ids, sel)
+            ref = None
+            if self.reference is not None:
+                with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
+                                    enabled=self.dtype == torch.bfloat16):
+                    rh = self.reference.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                                              pixel_values=mb.pixel_values, image_grid_thw=mb.image_grid_thw,
+                                              use_cache=False).last_hidden_state
+                ref = self._ref_logprobs(rh, mb.input_ids, sel)
+            seg = hidden[mb.seg_rows, mb.seg_cols].float().cpu().numpy() if len(mb.seg_rows) else None
+            per_traj_seg: dict[int, dict[int, np.ndarray]] = {}
+            for k, (ti, turn) in enumerate(mb.seg_turns):
+                per_traj_seg.setdefault(ti, {})[turn] = seg[k]
+            for r, ti in enumerate(index):
+                m = sel[r]
+                t = trajs[ti]
+                out[ti] = ScoreOutput(
+                    traj_id=t.traj_id,
+                    seg_hidden=[per_traj_seg.get(ti, {}).get(k) for k in range(t.num_turns)],
+                    old_logp=old[r][m].cpu().tolist(),
+                    ref_logp=ref[r][m].cpu().tolist() if ref is not None else None,
+                )
+        module.train()
+        return out  # type: ignore[return-value]
+
+    def _ref_logprobs(self, hidden, ids, sel):
+        sel = sel.clone()
+        sel[:, 0] = False
+        b, t = sel.nonzero(as_tuple=True)
+        logits = self.reference.lm_head(hidden[b, t - 1]).float()
+        picked = torch.log_softmax(logits, -1).gather(-1, ids[b, t][:, None]).squeeze(-1)
+        return torch.zeros(sel.shape, device=hidden.device).index_put((b, t), picked)
+
+    # --------------------------------------------------------------------------- train
+    def _features(self, item: TrainItem, key: str) -> dict:
+        feats = self.feature_fetcher(item.score.features[key])
+        return {k: torch.as_tensor(v).to(self.device, torch.float32) for k, v in feats.items()}
+
+    def _seg_terms(self, items: list[TrainItem], mb: MicroBatch, hidden) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        """Calibration log-likelihoods placed at [SEG] positions (B, T), and aux BCE+Dice losses."""
+        lc = self.cfg.learner
+        if not len(mb.seg_rows) or all(items[ti].score is None for ti, _ in mb.seg_turns):
+            return None, None, 0
+        module = self.module
+        embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)  # (S, 256)
+        calib = None
+        jobs_feat, jobs_embed, jobs_target, calib_slots, aux_flags = [], [], [], [], []
+        for k, (ti, turn) in enumerate(mb.seg_turns):
+            item = items[ti]
+            if item.score is None:
+                continue
+            ts = item.score.turns[turn]
+            kf_key = ts.keyframe_feature
+            if lc.calibration:
+                jobs_feat.append(kf_key)
+                jobs_embed.append(k)
+                jobs_target.append(("calib", torch.as_tensor(ts.keyframe_mask)))
+                calib_slots.append(k)
+                aux_flags.append(False)
+            if lc.aux_mask_weight > 0 and self.gt_fetcher is not None:
+                frames = [ts.keyframe] + list(item.score.sampled_frames)
+                keys = [kf_key] + list(item.score.sampled_features)
+                gts = self.gt_fetcher(item.traj.sample, frames)
+                for key, gt in zip(keys, gts):
+                    jobs_feat.append(key)
+                    jobs_embed.append(k)
+                    jobs_target.append(("aux", torch.as_tensor(gt)))
+                    aux_flags.append(True)
+        if not jobs_feat:
+            return None, None, 0
+        # Decode every (embedding, frame) pair in one batch; features of a frame are loaded once.
+        uniq = {key: i for i, key in enumerate(dict.fromkeys(jobs_feat))}
+        owner = {key: next(items[ti] for ti, _ in mb.seg_turns if items[ti].score is not None
+                           and key in items[ti].score.features) for key in uniq}
+        loaded = [self._features(owner[key], key) for key in uniq]
+        idx = torch.tensor([uniq[key] for key in jobs_feat], device=self.device)
+        feats = {IMAGE_EMBED: torch.cat([f[IMAGE_EMBED] for f in loaded])[idx]}
+        if HIGH_RES_S0 in loaded[0]:
+            feats[HIGH_RES_S0] = torch.cat([f[HIGH_RES_S0] for f in loaded])[idx]
+            feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])[idx]
+        logits = module.decode_masks(embeds[torch.tensor(jobs_embed, device=self.device)], feats)
+        calib_rows, aux_losses = [], []
+        for j, (kind, target) in enumerate(jobs_target):
+            target = target.to(self.device)
+            if kind == "calib":
+                calib_rows.append(mask_log_likelihood(logits[j:j + 1], target[None], lc.calibration_size)[0])
+            else:
+                aux_losses.append(bce_dice_loss(logits[j:j + 1], target[None])[0])
+        if calib_rows:
+            slots = torch.tensor(calib_slots, device=self.device)
+            calib = torch.zeros(mb.loss_mask.shape, device=self.device, dtype=torch.float32)
+            calib = calib.index_put((mb.seg_rows[slots], mb.seg_cols[slots]), torch.stack(calib_rows))
+        aux = torch.stack(aux_losses) if aux_losses else None
+        return calib, aux, len(aux_losses)
+
+    def train(self, items: list[TrainItem], totals: BatchTotals) -> dict:
+        """One optimizer step on this rank's share of the batch. Returns summed statistics."""
+        module = self.module
+        module.train()
+        trajs = [it.traj for it in items]
+        groups = self._micro_batches(trajs)
+        n_real = len(groups)
+        if self.world_size > 1:
+            # Every rank must take the same number of backward passes before the reducing one;
+            # ranks with fewer micro-batches repeat one with zero weight.
+            import torch.distributed as dist
+
+            count = torch.tensor([n_real], dtype=torch.long, device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            groups += [groups[-1]] * (int(count.item()) - n_real)
+        sums: dict[str, float] = {}
+        started = time.time()
+        for g, index in enumerate(groups):
+            mb = self._collate(trajs, index)
+            hidden = self._hidden(module, mb)
+            sel = mb.loss_mask.bool()
+            logp, ent = module.selected_logprobs(hidden, mb.input_ids, sel, with_entropy=True)
+            sub = [items[i] for i in index]
+            old = torch.stack([_scatter_masked(it.old_logp, mb.loss_mask[r].cpu()) for r, it in enumerate(sub)]).to(self.device)
+            ref = None
+            if all(it.ref_logp is not None for it in sub) and self.loss_cfg.kl_coef > 0:
+                ref = torch.stack([_scatter_masked(it.ref_logp, mb.loss_mask[r].cpu()) for r, it in enumerate(sub)]).to(self.device)
+            calib, aux, _ = self._seg_terms(items, mb, hidden)
+            inputs = LossInputs(
+                logp=logp, old_logp=old, behaviour_logp=mb.behaviour_logp, ref_logp=ref,
+                advantages=torch.tensor([it.advantage for it in sub], device=self.device),
+                mask=mb.loss_mask, calib=calib, old_calib=None, aux=aux)
+            loss, stats = grpo_loss(inputs, self.loss_cfg, totals.num_sequences, totals.num_tokens,
+                                    totals.max_tokens, totals.num_aux)
+            if g >= n_real:
+                loss = loss * 0.0
+                stats = {k: 0.0 for k in stats}
+            self.engine.set_gradient_accumulation_boundary(g == len(groups) - 1)
+            self.engine.backward(loss)
+            stats["loss_sum"] = float(loss.detach())
+            stats["entropy_sum"] = float((ent * mb.loss_mask).sum()) if g < n_real else 0.0
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.engine.step()
+        self.updates += 1
+        sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        sums["lr"] = float(self.scheduler.get_last_lr()[0])
+        sums["micro_batches"] = float(len(groups))
+        sums["train_seconds"] = time.time() - started
+        return sums
+
+    # ------------------------------------------------------------------------- weights
+    def _gathered(self, named):
+        if self.cfg.learner.zero_stage == 3:
+            import deepspeed
+
+            params = [p for _, p in named]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {n: p.detach().cpu().clone() for n, p in named}
+        # Views into DeepSpeed's flat buffer are fine here: safetensors writes only each view's bytes.
+        return {n: p.detach().cpu() for n, p in named}
+
+    def lm_weights(self) -> dict[str, torch.Tensor]:
+        named = list(self.module.lm.named_parameters())
+        state = self._gathered(named)
+        # buffers (e.g. rotary tables) are not trained; the engine keeps its own
+        return state
+
+    def head_weights(self) -> dict[str, torch.Tensor]:
+        # clone(): DeepSpeed keeps parameters as views into one flat buffer, and pickling a view
+        # would ship the whole buffer once per tensor.
+        return {k: v.detach().cpu().clone() for k, v in self.module.head_state_dict().items()}
+
+    # ---------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, ckpt_dir: str | Path, tag: str, client_state: dict) -> None:
+        client_state = dict(client_state, rng=rng_state(), updates=self.updates)
+        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
+
+    def load_checkpoint(self, ckpt_dir: str | Path, tag: str) -> dict:
+        _, client_state = self.engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
+        if client_state is None:
+            raise FileNotFoundError(f"no learner checkpoint '{tag}' under {ckpt_dir}")
+        set_rng_state(client_state["rng"])
+        self.updates = int(client_state.get("updates", 0))
+        return client_state
+
+    def export_policy(self, out_dir: str | Path) -> Path:
+        """A complete HF policy directory with the current weights (loads in transformers and vLLM)."""
+        lm_state = {k: v for k, v in self.module.lm.state_dict().items()}
+        return save_policy(self.module, out_dir, self.policy_dir, lm_state=lm_state,
+                           heads_state=self.head_weights())
+
+
+def distributed_env(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
+                       "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})

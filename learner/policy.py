@@ -1,0 +1,176 @@
+"""The trainable policy: a Qwen-VL chat model plus the [SEG] projector and SAM2's prompt encoder and
+mask decoder (METHOD.md section 1). SAM2's image encoder and memory stay frozen in the reward pool;
+keyframe features arrive from there.
+
+Checkpoint layout (a directory): the HF policy (config, weights, tokenizer, processor; loads in
+transformers and vLLM) plus `videoseg_heads.safetensors` holding the projector, prompt encoder and
+mask decoder under the same prefixes the reward pool uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segmentation.language_decode import language_decode
+from segmentation.reward_pool import WEIGHT_PREFIXES
+from segmentation.seg_head import SegProjector, build_projector
+
+log = logging.getLogger(__name__)
+
+HEADS_FILE = "videoseg_heads.safetensors"
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class SegPolicy(nn.Module):
+    def __init__(self, lm: nn.Module, projector: SegProjector, sam_prompt_encoder: nn.Module,
+                 sam_mask_decoder: nn.Module, seg_token_id: int):
+        super().__init__()
+        self.lm = lm
+        self.projector = projector
+        self.sam_prompt_encoder = sam_prompt_encoder
+        self.sam_mask_decoder = sam_mask_decoder
+        self.seg_token_id = int(seg_token_id)
+
+    # --------------------------------------------------------------------------- forward
+    def hidden_states(self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None):
+        """Last-layer hidden states (after the final norm), (B, T, H)."""
+        kwargs = {}
+        if pixel_values is not None:
+            kwargs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+        out = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        return out.last_hidden_state
+
+    def selected_logprobs(self, hidden: torch.Tensor, input_ids: torch.Tensor, select: torch.Tensor,
+                          with_entropy: bool = False):
+        """Log-probs of ids[b, t] for the (b, t) where `select` is true, computed from hidden[b, t-1]
+        only at those positions: the full (B, T, V) logits of a 150k-token vocabulary never exist.
+
+        Returns (B, T) log-probs (0 elsewhere) and, optionally, (B, T) entropies."""
+        select = select.clone()
+        select[:, 0] = False
+        b, t = select.nonzero(as_tuple=True)
+        logits = self.lm.lm_head(hidden[b, t - 1]).float()
+        logp_all = torch.log_softmax(logits, dim=-1)
+        picked = logp_all.gather(-1, input_ids[b, t][:, None]).squeeze(-1)
+        out = torch.zeros(select.shape, dtype=torch.float32, device=hidden.device)
+        out = out.index_put((b, t), picked)
+        ent = None
+        if with_entropy:
+            e = -(logp_all.exp() * logp_all).sum(-1)
+            ent = torch.zeros_like(out).index_put((b, t), e.detach())
+        return out, ent
+
+    def seg_embeddings(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return self.projector(hidden[rows, cols]).float()
+
+    def decode_masks(self, seg_embeds: torch.Tensor, features: dict) -> torch.Tensor:
+        """Differentiable low-res mask logits (N, h, w), one per embedding (features batch N or 1).
+
+        Not gated by SAM2's object score: gated pixels are constants and would carry no gradient."""
+        out = language_decode(self.sam_prompt_encoder, self.sam_mask_decoder, features, seg_embeds,
+                              multimask=True, gate_by_object_score=False)
+        return out.low_res_logits[:, 0].float()
+
+    # ------------------------------------------------------------------------ weights
+    def lm_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights the inference engine holds, with checkpoint names (as save_pretrained writes)."""
+        return self.lm.state_dict()
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for prefix, module in zip(WEIGHT_PREFIXES, (self.projector, self.sam_prompt_encoder, self.sam_mask_decoder)):
+            for k, v in module.state_dict().items():
+                out[prefix + k] = v
+        return out
+
+    def load_head_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        modules = dict(zip(WEIGHT_PREFIXES, (self.projector, self.sam_prompt_encoder, self.sam_mask_decoder)))
+        for prefix, module in modules.items():
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if part:
+                module.load_state_dict(part)
+
+
+def seg_token_id_of(policy_dir: str | Path) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(policy_dir))
+    ids = tok.encode("[SEG]", add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer in {policy_dir} does not have [SEG] as one token (got {ids}); "
+                         "prepare the checkpoint with the [SEG] token added")
+    return ids[0]
+
+
+def build_policy(model_cfg, policy_dir: str | Path, device: str = "cpu", seed: int = 0,
+                 gradient_checkpointing: bool = False, freeze_vision: bool = False) -> SegPolicy:
+    """Load the HF policy from `policy_dir`, SAM2's prompt encoder and mask decoder from the SAM2
+    checkpoint (or the shared random one), and the heads file in `policy_dir` when present."""
+    from transformers import AutoModelForImageTextToText
+
+    from segmentation.sam2_models import sam2_from_model_config
+
+    policy_dir = Path(policy_dir)
+    dtype = TORCH_DTYPES[model_cfg.dtype]
+    lm = AutoModelForImageTextToText.from_pretrained(str(policy_dir), dtype=dtype)
+    if getattr(lm.config, "tie_word_embeddings", False):
+        raise ValueError(f"{policy_dir}: embeddings and lm_head are tied; the method trains them untied "
+                         "(prepare the checkpoint with untied weights)")
+    hidden = lm.config.text_config.hidden_size
+    sam2 = sam2_from_model_config(model_cfg, "cpu")
+    heads_path = policy_dir / HEADS_FILE
+    projector = build_projector(hidden, model_cfg.seg_embed_dim, model_cfg.projector_checkpoint, seed=seed)
+    policy = SegPolicy(lm, projector, copy.deepcopy(sam2.sam_prompt_encoder), copy.deepcopy(sam2.sam_mask_decoder),
+                       seg_token_id_of(policy_dir))
+    del sam2
+    if heads_path.is_file():
+        from safetensors.torch import load_file
+
+        policy.load_head_state_dict(load_file(str(heads_path)))
+        log.info("loaded [SEG] heads from %s", heads_path)
+    if gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+    if freeze_vision:
+        for p in lm.model.visual.parameters():
+            p.requires_grad_(False)
+    return policy.to(device)
+
+
+def reference_model(policy: SegPolicy) -> nn.Module:
+    """A frozen copy of the language model for the KL term."""
+    ref = copy.deepcopy(policy.lm).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def save_policy(policy: SegPolicy, out_dir: str | Path, source_dir: str | Path,
+                lm_state: dict | None = None, heads_state: dict | None = None) -> Path:
+    """Write an HF policy directory (loadable by transformers and vLLM) plus the heads file.
+
+    Tokenizer/processor files are copied from the source directory so the saved policy is complete."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    policy.lm.save_pretrained(str(tmp), state_dict=lm_state, safe_serialization=True)
+    for f in Path(source_dir).iterdir():
+        if f.is_file() and not (tmp / f.name).exists() and not f.name.endswith((".safetensors", ".bin")) \
+                and f.name != "model.safetensors.index.json":
+            shutil.copy2(f, tmp / f.name)
+    heads = heads_state if heads_state is not None else policy.head_state_dict()
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(tmp / HEADS_FILE))
+    (tmp / "videoseg_policy.json").write_text(json.dumps({"seg_token_id": policy.seg_token_id}))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir

@@ -1,0 +1,157 @@
+"""Golden tests of the GRPO loss pieces with hand-computed numbers."""
+
+import math
+
+import pytest
+import torch
+
+from learner.losses import (LossConfig, LossInputs, aggregate, bce_dice_loss, group_advantages, grpo_loss,
+                            kl_estimate, mask_log_likelihood, ppo_clip_loss, token_logprobs,
+                            truncated_is_weights, zero_variance_groups)
+
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    a = group_advantages(r, g, eps=1e-4)
+    # group 0: mean 3, sample std sqrt(((-2)^2+(-1)^2+0+3^2)/3) = sqrt(14/3)
+    s = math.sqrt(14 / 3)
+    expect = [-2 / (s + 1e-4), -1 / (s + 1e-4), 0.0, 3 / (s + 1e-4)]
+    assert torch.allclose(a[:4], torch.tensor(expect), atol=1e-6)
+    assert torch.all(a[4:] == 0)  # identical rewards: no signal, and no division blow-up
+    assert zero_variance_groups(r, g).tolist() == [False] * 4 + [True] * 4
+
+
+def test_group_advantages_population_std_option():
+    a = group_advantages(torch.tensor([0.0, 2.0]), torch.tensor([0, 0]), eps=0.0, unbiased_std=False)
+    assert torch.allclose(a, torch.tensor([-1.0, 1.0]))
+
+
+def test_token_logprobs_alignment():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = math.log(3.0)  # p(2 | t0) = 3/6
+    ids = torch.tensor([[0, 2, 1]])
+    lp = token_logprobs(logits, ids)
+    assert lp[0, 0] == 0
+    assert torch.isclose(lp[0, 1], torch.tensor(math.log(0.5)))
+    assert torch.isclose(lp[0, 2], torch.tensor(math.log(0.25)))
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    r = 0.5  # ref / pi
+    assert torch.isclose(kl_estimate(logp, ref, "k3"), torch.tensor(r - math.log(r) - 1), atol=1e-6)
+    assert torch.isclose(kl_estimate(logp, ref, "k1"), torch.tensor(-math.log(r)), atol=1e-6)
+    assert torch.isclose(kl_estimate(logp, ref, "k2"), torch.tensor(0.5 * math.log(r) ** 2), atol=1e-6)
+    assert kl_estimate(logp, logp, "k3").item() == 0.0
+    with pytest.raises(ValueError):
+        kl_estimate(logp, ref, "k4")
+
+
+def test_ppo_clip_hand_computed():
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))
+    loss, clipped = ppo_clip_loss(logp, old, torch.tensor([[2.0]]), 0.2, 0.2)
+    # A>0: min(r*A, clip(r)*A): r=1.5 -> 1.2*2 ; r=0.5 -> 0.5*2 ; r=1.1 -> 2.2
+    assert torch.allclose(loss, -torch.tensor([[2.4, 1.0, 2.2]]))
+    assert clipped.tolist() == [[True, False, False]]
+    loss, _ = ppo_clip_loss(logp, old, torch.tensor([[-1.0]]), 0.2, 0.2)
+    # A<0: r=1.5 -> -1.5 ; r=0.5 -> clip 0.8 -> -0.8 ; r=1.1 -> -1.1
+    assert torch.allclose(loss, torch.tensor([[1.5, 0.8, 1.1]]))
+
+
+def test_gradient_at_ratio_one_is_advantage_times_grad_logp():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, _ = ppo_clip_loss(logp, logp.detach(), torch.tensor([[3.0]]), 0.2, 0.2)
+    loss.sum().backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-3.0, -3.0]]))
+
+
+def test_tis_weights_capped_and_detached():
+    old = torch.tensor([0.0, 0.0], requires_grad=True)
+    w = truncated_is_weights(old, torch.log(torch.tensor([0.5, 4.0])), cap=1.5)
+    assert torch.allclose(w, torch.tensor([1.5, 0.25])) and not w.requires_grad
+
+
+def test_aggregations_hand_computed():
+    per = torch.tensor([[0.0, 1.0, 3.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0]])
+    # per-sequence means 2 and 2 -> 2 ; token mean (1+3+2)/3 = 2 ; dr_grpo 6/(2*8)
+    assert aggregate(per, mask, "seq_mean_token_mean", 2, 3, 8).item() == pytest.approx(2.0)
+    assert aggregate(per, mask, "token_mean", 2, 3, 8).item() == pytest.approx(2.0)
+    assert aggregate(per, mask, "dr_grpo", 2, 3, 8).item() == pytest.approx(6 / 16)
+    per2 = torch.tensor([[0.0, 4.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    mask2 = torch.tensor([[0, 1, 0, 0], [0, 1, 1, 1]])
+    # seq means 4 and 1 -> 2.5 ; token mean 7/4
+    assert aggregate(per2, mask2, "seq_mean_token_mean", 2, 4, 8).item() == pytest.approx(2.5)
+    assert aggregate(per2, mask2, "token_mean", 2, 4, 8).item() == pytest.approx(1.75)
+    # micro-batches with global normalisers sum to the batch value
+    a = aggregate(per2[:1], mask2[:1], "seq_mean_token_mean", 2, 4, 8)
+    b = aggregate(per2[1:], mask2[1:], "seq_mean_token_mean", 2, 4, 8)
+    assert (a + b).item() == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        aggregate(per, mask, "nope", 1, 1, 1)
+
+
+def test_mask_log_likelihood_hand_computed():
+    z = torch.zeros(1, 8, 8)  # p = 0.5 everywhere -> log 0.5 whatever the mask
+    m = torch.zeros(1, 64, 64)
+    m[0, :32] = 1
+    assert torch.isclose(mask_log_likelihood(z, m, 4), torch.tensor([math.log(0.5)]))
+    z = torch.full((1, 8, 8), 2.0)
+    # top half of the target is 1, bottom half 0: mean of logsig(2) and logsig(-2)
+    expect = 0.5 * (math.log(1 / (1 + math.exp(-2))) + math.log(1 / (1 + math.exp(2))))
+    assert torch.isclose(mask_log_likelihood(z, m, 4), torch.tensor([expect]), atol=1e-6)
+
+
+def test_calibration_gradient_pushes_logits_toward_the_sampled_mask():
+    z = torch.zeros(1, 4, 4, requires_grad=True)
+    m = torch.zeros(1, 4, 4)
+    m[0, 0, 0] = 1
+    mask_log_likelihood(z, m, 4).sum().backward()
+    assert z.grad[0, 0, 0] > 0 and z.grad[0, 3, 3] < 0
+
+
+def test_bce_dice_hand_computed():
+    z = torch.zeros(1, 2, 2)
+    gt = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    # BCE at p=0.5 is log 2 ; dice = 1 - (2*0.5 + 1) / (2 + 1 + 1) = 0.5
+    assert torch.isclose(bce_dice_loss(z, gt), torch.tensor([math.log(2) + 0.5]), atol=1e-6)
+
+
+def _inputs(calib=None):
+    logp = torch.log(torch.tensor([[1.0, 0.5, 0.25]])).requires_grad_(True)
+    return LossInputs(logp=logp, old_logp=logp.detach().clone(), behaviour_logp=logp.detach().clone(),
+                      ref_logp=torch.log(torch.tensor([[1.0, 0.25, 0.25]])), advantages=torch.tensor([2.0]),
+                      mask=torch.tensor([[0, 1, 1]]), calib=calib)
+
+
+def test_grpo_loss_value_and_gradient():
+    x = _inputs()
+    loss, stats = grpo_loss(x, LossConfig(kl_coef=0.1), num_sequences=1, num_tokens=2, max_tokens=4, num_aux=0)
+    k3 = 0.5 - math.log(0.5) - 1  # token 1: ref/pi = 0.5 ; token 2: 0
+    assert loss.item() == pytest.approx((-2.0 - 2.0) / 2 + 0.1 * k3 / 2)
+    assert stats["tokens"] == 2 and stats["clip_frac_sum"] == 0
+    loss.backward()
+    # d/dlogp: -A/2 from the PG term, + 0.1 * (1 - ref/pi)/2 from k3 at token 1
+    assert torch.allclose(x.logp.grad, torch.tensor([[0.0, -1.0 + 0.1 * 0.5 / 2, -1.0]]), atol=1e-6)
+
+
+def test_calibration_enters_the_pg_term_only():
+    seg_ll = torch.tensor(-0.7, requires_grad=True)  # the mask log-likelihood of one [SEG]
+    calib = torch.zeros(1, 3).index_put((torch.tensor([0]), torch.tensor([2])), seg_ll[None])
+    x = _inputs(calib)
+    loss, stats = grpo_loss(x, LossConfig(kl_coef=0.4), 1, 2, 4, 0)
+    loss.backward()
+    # at ratio 1 the calibration term gets the same gradient as the token's log-prob: -A / tokens;
+    # the KL term (coefficient 0.4) adds nothing to it
+    assert seg_ll.grad.item() == pytest.approx(-1.0)
+    assert stats["calib_sum"] == pytest.approx(-0.7)
+
+
+def test_aux_loss_weighting():
+    x = _inputs()
+    x.aux = torch.tensor([1.0, 3.0], requires_grad=True)
+    loss, _ = grpo_loss(x, LossConfig(kl_coef=0.0, aux_weight=0.2), 1, 2, 4, num_aux=4)
+    base, _ = grpo_loss(_inputs(), LossConfig(kl_coef=0.0, aux_weight=0.2), 1, 2, 4, num_aux=4)
+    assert loss.item() == pytest.approx(base.item() + 0.2 * 4.0 / 4)
