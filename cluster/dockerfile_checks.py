@@ -121,7 +121,8 @@ def dockerfile_problems(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
                 continue
             for src in _copy_sources(ins):
                 if re.match(r"^[a-z]+://", src):
-                    problems.append(f"{where}: {ins.keyword} from a URL ({src}); build from the repository only")
+                    problems.append(f"{where}: {ins.keyword} from a URL ({src}); "
+                                    "build from the repository only")
                     continue
                 if not (root / src).exists():
                     problems.append(f"{where}: {ins.keyword} source '{src}' does not exist in the repository")
@@ -139,7 +140,8 @@ def dockerfile_problems(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
         if user in ("root", "0"):
             problems.append(f"{Path(path).name}: the final USER is root")
         elif not user.isdigit():
-            problems.append(f"{Path(path).name}: USER '{user}' is not numeric (runAsNonRoot cannot verify it)")
+            problems.append(f"{Path(path).name}: USER '{user}' is not numeric "
+                            "(runAsNonRoot cannot verify it)")
     keywords = {ins.keyword for ins in instructions}
     if "HEALTHCHECK" not in keywords:
         if not keywords & {"CMD", "ENTRYPOINT"}:

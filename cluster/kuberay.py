@@ -358,7 +358,8 @@ def _parse(argv):
     ap = argparse.ArgumentParser(prog="python -m cluster.kuberay", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", required=True)
     ap.add_argument("--out", type=Path, required=True, help="directory to write the YAML files into")
-    ap.add_argument("--image", default=d.image, help="GPU image built from docker/Dockerfile.gpu (pinned tag)")
+    ap.add_argument("--image", default=d.image,
+                    help="GPU image built from docker/Dockerfile.gpu (pinned tag)")
     ap.add_argument("--redis-address", default=d.redis_address, help="host:port of the external Redis")
     ap.add_argument("--redis-secret", default=d.redis_secret, help="Secret holding the Redis password")
     ap.add_argument("--name", default=None)
@@ -368,7 +369,8 @@ def _parse(argv):
     ap.add_argument("--gpus-per-node", type=int, default=d.gpus_per_node)
     ap.add_argument("--backoff-limit", type=int, default=d.backoff_limit)
     ap.add_argument("--override", action="append", default=None,
-                    help=f"dotted override for the job (repeatable); default: {list(DEFAULT_MODEL_OVERRIDES)}")
+                    help="dotted override for the job (repeatable); default: "
+                         f"{list(DEFAULT_MODEL_OVERRIDES)}")
     return ap.parse_args(argv)
 
 

@@ -346,11 +346,13 @@ def _parse(argv):
     sub = ap.add_subparsers(dest="command", required=True)
     st = sub.add_parser("start", help="start a head on this machine and wait until it answers")
     st.add_argument("--preset", default="debug_cpu", help="size the head's CPUs for this preset")
-    st.add_argument("--num-cpus", type=int, default=None, help="logical CPUs (default: what the preset needs)")
+    st.add_argument("--num-cpus", type=int, default=None,
+                    help="logical CPUs (default: what the preset needs)")
     st.add_argument("--num-gpus", type=int, default=None, help="GPUs (default: Ray detects them)")
     st.add_argument("--port", type=int, default=None, help="GCS port (default: a free one)")
     st.add_argument("--dashboard-port", type=int, default=None, help="dashboard port (default: a free one)")
-    st.add_argument("--resources", default=None, help='custom resources as JSON, e.g. \'{"videoseg_learner": 1}\'')
+    st.add_argument("--resources", default=None,
+                    help='custom resources as JSON, e.g. \'{"videoseg_learner": 1}\'')
     st.add_argument("--timeout", type=float, default=180.0)
     sp = sub.add_parser("stop", help="stop the head recorded in the state file")
     sp.add_argument("--keep-temp", action="store_true", help="keep the head's temp dir (its logs)")

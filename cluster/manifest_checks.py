@@ -33,7 +33,8 @@ _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def schema_dir() -> Path:
-    return Path(os.environ.get("VIDEOSEG_K8S_SCHEMAS", PROJECT_ROOT.parent / "shared" / "k8s_schemas")) / "kuberay"
+    default = PROJECT_ROOT.parent / "shared" / "k8s_schemas"
+    return Path(os.environ.get("VIDEOSEG_K8S_SCHEMAS", default)) / "kuberay"
 
 
 def _strict(node: Any) -> Any:

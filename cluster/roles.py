@@ -111,7 +111,8 @@ def config_problems(cfg: Config) -> list[str]:
         )
     for d in role_demands(cfg).values():
         if d.num_gpus > 1 and abs(d.num_gpus - round(d.num_gpus)) > _EPS:
-            problems.append(f"cluster.{d.role}.num_gpus={d.num_gpus}: more than one GPU must be a whole number")
+            problems.append(f"cluster.{d.role}.num_gpus={d.num_gpus}: "
+                            "more than one GPU must be a whole number")
         if d.num_cpus == 0 and d.num_gpus == 0:
             # Ray would pack unlimited actors of this role onto one node.
             problems.append(f"cluster.{d.role} reserves no CPU and no GPU; give it num_cpus > 0")

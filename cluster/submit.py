@@ -1,7 +1,8 @@
 """`python -m cluster.submit`: `ray job submit` with this project's working dir, excludes and env.
 
     .venv/bin/python -m cluster.submit -- python -m learner.main --preset debug_cpu run.steps=1
-    .venv/bin/python -m cluster.submit --address http://127.0.0.1:8265 --no-wait -- python -m cluster.preflight
+    .venv/bin/python -m cluster.submit --address http://127.0.0.1:8265 --no-wait \
+        -- python -m cluster.preflight
     .venv/bin/python -m cluster.submit --dry-run -- python -m learner.main   # print the command only
 
 The job's working dir is the project root, uploaded without the virtualenv, caches, run outputs
@@ -37,7 +38,8 @@ class SubmitError(RuntimeError):
     pass
 
 
-def job_runtime_env(env_vars: dict[str, str] | None = None, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> dict:
+def job_runtime_env(env_vars: dict[str, str] | None = None,
+                    excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> dict:
     """runtime_env of the job (the working dir is passed separately as --working-dir)."""
     merged = {**DEFAULT_ENV_VARS, **(env_vars or {})}
     check_no_secrets(merged)
@@ -109,7 +111,8 @@ def _parse(argv):
                                  usage="%(prog)s [options] -- ENTRYPOINT ...")
     ap.add_argument("--address", default=None, help="dashboard URL http://host:port")
     ap.add_argument("--state-file", type=Path, default=None,
-                    help=f"submit to the local head recorded here (default when no address: {DEFAULT_STATE_FILE})")
+                    help="submit to the local head recorded here "
+                         f"(default when no address: {DEFAULT_STATE_FILE})")
     ap.add_argument("--working-dir", default=str(PROJECT_ROOT))
     ap.add_argument("--exclude", action="append", default=[], help="extra upload exclude pattern")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the job's runtime env")

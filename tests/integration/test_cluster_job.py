@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cluster.local_head import processes_of_head, start_head, stop_head
-from cluster.ray_setup import PROJECT_ROOT
+from cluster.ray_setup import DEFAULT_ENV_VARS, PROJECT_ROOT
 from cluster.roles import local_num_cpus
 from configs import load_config
 
@@ -77,7 +77,7 @@ def test_preflight_as_a_submitted_job(job_head, tmp_path):
     assert {"cluster", "configs", "learner", "pyproject.toml"} <= set(job["entries"])
     assert not {".venv", ".cache", "runs", ".git"} & set(job["entries"])
     assert Path(job["working_dir"]) != PROJECT_ROOT
-    assert {"HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_OFFLINE"} <= set(job["runtime_env_vars"])
+    assert set(DEFAULT_ENV_VARS) <= set(job["runtime_env_vars"])
     log = driver_log(state, job_id)
     assert log.exists() and '"ok": true' in log.read_text()
 
@@ -111,5 +111,6 @@ def test_training_job_runs_one_step(job_head, tmp_path):
     assert job_status(state, job_id) == "SUCCEEDED"
     assert log.exists()
     assert (run_dir / "config.yaml").exists()
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    text = (run_dir / "metrics.jsonl").read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert lines and "step" in lines[-1]

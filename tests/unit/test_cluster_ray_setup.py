@@ -78,7 +78,8 @@ def test_driver_runtime_env_local_and_connect(debug_cfg):
 
 
 def test_driver_runtime_env_inside_a_job_drops_job_keys(debug_cfg):
-    job = {"working_dir": "gcs://pkg.zip", "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    job = {"working_dir": "gcs://pkg.zip",
+           "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
     env = driver_runtime_env(debug_cfg, {"FOO": "1"}, start_local=False, job_env=job)
     # Ray refuses to merge a driver runtime_env repeating a job env var: only new keys remain.
     assert env == {"env_vars": {"TRANSFORMERS_OFFLINE": "1", "FOO": "1"}}

@@ -110,4 +110,5 @@ def test_strict_pack_needs_one_node_per_gpu_role():
     assert check_fit(demands, nodes, "PACK").ok
     strict = check_fit(demands, nodes, "STRICT_PACK")
     assert not strict.ok and "STRICT_PACK" in strict.problems[0]
-    assert check_fit(demands, _nodes({"CPU": 8, "GPU": 4}), "STRICT_PACK").assignment["learner"] == ["node0"] * 4
+    one_node = check_fit(demands, _nodes({"CPU": 8, "GPU": 4}), "STRICT_PACK")
+    assert one_node.assignment["learner"] == ["node0"] * 4
