@@ -174,10 +174,27 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+TEMP_PREFIX = "vso3-ray-"
+
+
+def _own_temp_dir(state: dict) -> str | None:
+    """The head's temp dir if the state names one we made; None for anything else.
+
+    It is used to find processes (by command line) and is deleted on stop, so an empty, edited or
+    foreign path in a state file must match nothing and delete nothing.
+    """
+    path = str(state.get("temp_dir") or "")
+    if os.path.isabs(path) and Path(path).name.startswith(TEMP_PREFIX):
+        return path
+    return None
+
+
 def _is_our_head(state: dict) -> bool:
     """The pid in the state file is still our `ray start` (pids get reused)."""
+    temp_dir = _own_temp_dir(state)
     line = cmdline(state["pid"])
-    return pid_alive(state["pid"]) and "start" in line and "--head" in line and state["temp_dir"] in line
+    return (temp_dir is not None and pid_alive(state["pid"]) and "start" in line and "--head" in line
+            and f"--temp-dir={temp_dir}" in line)
 
 
 def processes_of_head(state: dict, include_group: bool = True) -> list[int]:
@@ -186,6 +203,7 @@ def processes_of_head(state: dict, include_group: bool = True) -> list[int]:
     `include_group=False` when the head process was already gone before we looked: its group id
     may since have been reused, and only the temp dir (a unique path) still identifies our processes.
     """
+    temp_dir = _own_temp_dir(state)
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -197,7 +215,7 @@ def processes_of_head(state: dict, include_group: bool = True) -> list[int]:
             in_group = include_group and os.getpgid(pid) == state["pgid"]
         except OSError:
             continue
-        if (in_group or state["temp_dir"] in cmdline(pid)) and pid_alive(pid):
+        if (in_group or (temp_dir is not None and temp_dir in cmdline(pid))) and pid_alive(pid):
             found.append(pid)
     return sorted(found)
 
@@ -255,7 +273,7 @@ def start_head(state_file: Path = DEFAULT_STATE_FILE, *, num_cpus: int | None = 
 def _start_once(state_file, num_cpus, num_gpus, port, dashboard_port, resources, timeout_s) -> dict | str:
     ports = assign_ports({"port": port, "dashboard-port": dashboard_port})
     # Short path under /tmp: Ray puts unix sockets in it and socket paths are limited to 107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="vso3-ray-")
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
     log_file = str(state_file.with_suffix(".log"))
     token_path = write_token(state_file.with_suffix(".token"))
     cmd = head_command(ports, temp_dir, num_cpus, num_gpus, resources)
@@ -317,10 +335,11 @@ def stop_head(state_file: Path = DEFAULT_STATE_FILE, *, grace_s: float = 30.0, k
         leftovers = processes_of_head(state, include_group=head_was_ours)
     if leftovers:
         raise LocalHeadError(f"processes {leftovers} of the head survived SIGKILL")
-    if not keep_temp:
-        shutil.rmtree(state["temp_dir"], ignore_errors=True)
-    if state.get("auth_token_path"):
-        Path(state["auth_token_path"]).unlink(missing_ok=True)
+    if not keep_temp and _own_temp_dir(state):
+        shutil.rmtree(_own_temp_dir(state), ignore_errors=True)
+    token = state_file.with_suffix(".token")  # where start wrote it; never a path read from the state
+    if state.get("auth_token_path") == str(token):
+        token.unlink(missing_ok=True)
     state_file.unlink(missing_ok=True)
     return signalled
 
@@ -371,9 +390,14 @@ def main(argv=None) -> int:
             num_cpus = args.num_cpus
             if num_cpus is None:
                 from cluster.roles import local_num_cpus
-                from configs import load_config
+                from configs import ConfigError, load_config
 
-                num_cpus = local_num_cpus(load_config(args.preset))
+                try:
+                    num_cpus = local_num_cpus(load_config(args.preset))
+                except ConfigError as exc:
+                    print(f"local_head: cannot size the head from preset {args.preset} ({exc}); "
+                          "give --num-cpus", file=sys.stderr)
+                    return 2
             resources = json.loads(args.resources) if args.resources else None
             state = start_head(args.state_file, num_cpus=num_cpus, num_gpus=args.num_gpus, port=args.port,
                                dashboard_port=args.dashboard_port, resources=resources,

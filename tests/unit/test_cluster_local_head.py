@@ -108,6 +108,22 @@ def test_stop_never_touches_processes_that_are_not_the_heads(tmp_path):
                 p.wait()
 
 
+@pytest.mark.parametrize("temp_dir", ["", "/", "relative/vso3-ray-x", "/usr"])
+def test_a_state_file_naming_no_temp_dir_of_ours_matches_and_deletes_nothing(tmp_path, temp_dir):
+    stranger = _sleeper(temp_dir or "x")  # its command line contains the bogus path
+    victim = tmp_path / "keep.token"
+    victim.write_text("not ours")
+    try:
+        path = tmp_path / "state.json"
+        path.write_text(json.dumps({"pid": stranger.pid, "pgid": stranger.pid, "temp_dir": temp_dir,
+                                    "auth_token_path": str(victim)}))
+        assert stop_head(path, grace_s=1) == []
+        assert pid_alive(stranger.pid) and victim.exists() and not path.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_start_refuses_when_a_head_is_recorded_and_running(tmp_path, monkeypatch):
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"pid": os.getpid(), "temp_dir": "/x", "dashboard_url": "http://h:1"}))
