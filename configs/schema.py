@@ -79,6 +79,7 @@ class DatasetSpec(Section):
         None, description="meta_expressions file name inside root (format default when None)"
     )
     weight: float = Field(1.0, gt=0, description="sampling weight among datasets")
+    optional: bool = Field(False, description="skip this dataset (with a warning) when its root is missing")
     # synthetic only
     videos: int = Field(24, ge=1, description="synthetic: number of videos to generate")
     seed: int = Field(0, description="synthetic: generator seed")

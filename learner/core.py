@@ -25,7 +25,7 @@ import torch
 from configs.schema import Config
 from learner.batching import MicroBatch, collate, plan_micro_batches
 from learner.losses import LossConfig, LossInputs, bce_dice_loss, grpo_loss, mask_log_likelihood
-from learner.policy import build_policy, reference_model, save_policy
+from learner.policy import build_policy, mm_token_types, reference_model, save_policy
 from rollout.trajectory import Trajectory
 from segmentation.language_decode import HIGH_RES_S0, HIGH_RES_S1, IMAGE_EMBED
 
@@ -185,9 +185,12 @@ class LearnerCore:
             if self.reference is not None:
                 with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
                                     enabled=self.dtype == torch.bfloat16):
+                    mm = {}
+                    if mb.pixel_values is not None:
+                        mm = {"pixel_values": mb.pixel_values, "image_grid_thw": mb.image_grid_thw,
+                              "mm_token_type_ids": mm_token_types(mb.input_ids, self.reference.config.image_token_id)}
                     rh = self.reference.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                                              pixel_values=mb.pixel_values, image_grid_thw=mb.image_grid_thw,
-                                              use_cache=False).last_hidden_state
+                                              use_cache=False, **mm).last_hidden_state
                 ref = self._ref_logprobs(rh, mb.input_ids, sel)
             seg = hidden[mb.seg_rows, mb.seg_cols].float().cpu().numpy() if len(mb.seg_rows) else None
             per_traj_seg: dict[int, dict[int, np.ndarray]] = {}

@@ -54,8 +54,10 @@ def train(cfg, resume: bool = False) -> int:
     from learner.data import PromptSource
     from learner.ledger import open_ledger
     from learner.run_dir import MetricsLog, RunDir
-    from learner.system import prepare_sam2, resolve_policy_dir, shutdown_system, start_system, sync_weights
+    from learner.system import (prepare_sam2, resolve_paths, resolve_policy_dir, shutdown_system,
+                                start_system, sync_weights)
 
+    cfg = resolve_paths(cfg)
     run = RunDir(cfg)
     latest = run.latest() if resume else None
     if resume and latest is None:
@@ -121,7 +123,7 @@ def train(cfg, resume: bool = False) -> int:
                        "wait_rollout": t5 - t4, "sync": t6 - t5, "step": t6 - t0,
                        **{f"sync_{k}": v for k, v in sync_detail.items() if k != "tensors"}}
             metrics.log(rl_step.step_metrics(step, version, trajs, results, train_stats, totals, timings,
-                                             ledger.counts()))
+                                             ledger.counts(), outs))
             if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.run.steps:
                 save_checkpoint(run, system, step, version, prompts, pending is not None)
             if pending is None and step + 1 < cfg.run.steps:

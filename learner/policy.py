@@ -28,6 +28,11 @@ HEADS_FILE = "videoseg_heads.safetensors"
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+def mm_token_types(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """Modality of every token as transformers expects it: 0 text, 1 image."""
+    return (input_ids == image_token_id).to(torch.int32)
+
+
 class SegPolicy(nn.Module):
     def __init__(self, lm: nn.Module, projector: SegProjector, sam_prompt_encoder: nn.Module,
                  sam_mask_decoder: nn.Module, seg_token_id: int):
@@ -43,7 +48,10 @@ class SegPolicy(nn.Module):
         """Last-layer hidden states (after the final norm), (B, T, H)."""
         kwargs = {}
         if pixel_values is not None:
-            kwargs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+            # mm_token_type_ids marks image tokens (1) for multimodal RoPE; without it transformers
+            # silently falls back to 1-D positions for Qwen2.5-VL (and refuses for Qwen3-VL).
+            kwargs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw,
+                      "mm_token_type_ids": mm_token_types(input_ids, self.lm.config.image_token_id)}
         out = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return out.last_hidden_state
 

@@ -51,8 +51,20 @@ def _mean(xs) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
+def sampler_gap(trajs: list[Trajectory], outs) -> tuple[float, float]:
+    """Mean and max |learner log-prob - sampler log-prob| over generated tokens.
+
+    Near zero when the engines hold the learner's weights (synchronous mode); it grows if a weight
+    sync was missed, or by design with asynchronous (stale) rollouts."""
+    diffs = []
+    for t, o in zip(trajs, outs):
+        behaviour = [lp for lp, m in zip(t.logprobs, t.loss_mask) if m]
+        diffs += [abs(a - b) for a, b in zip(o.old_logp, behaviour)]
+    return (float(np.mean(diffs)), float(np.max(diffs))) if diffs else (0.0, 0.0)
+
+
 def step_metrics(step: int, version: int, trajs: list[Trajectory], results: list[ScoreResult],
-                 train: dict, totals: BatchTotals, timings: dict, ledger_counts: dict) -> dict:
+                 train: dict, totals: BatchTotals, timings: dict, ledger_counts: dict, outs=None) -> dict:
     rec: dict = {"step": step, "policy_version": version, "episodes": len(trajs),
                  "reward/mean": _mean(r.total for r in results),
                  "reward/std": float(np.std([r.total for r in results])) if results else 0.0}
@@ -76,6 +88,8 @@ def step_metrics(step: int, version: int, trajs: list[Trajectory], results: list
     rec["train/grad_norm"] = train.get("grad_norm", 0.0)
     rec["train/lr"] = train.get("lr", 0.0)
     rec["train/sequences"] = totals.num_sequences
+    if outs is not None:
+        rec["sync/logp_gap_mean"], rec["sync/logp_gap_max"] = sampler_gap(trajs, outs)
     rec["time"] = {k: round(v, 3) for k, v in timings.items()}
     rec["ledger"] = ledger_counts
     return rec

@@ -51,6 +51,31 @@ def policy_hidden_size(policy_dir: Path) -> int:
     return int((conf.get("text_config") or conf)["hidden_size"])
 
 
+def resolve_paths(cfg: Config) -> Config:
+    """Absolute paths (actors may run in another working directory) and the datasets that exist.
+
+    A missing dataset root is an error, unless the dataset is marked optional: then it is skipped
+    with a warning (the debug preset's DAVIS sample, which lives outside the repository)."""
+    train = []
+    for spec in cfg.data.train:
+        if spec.root is None:
+            train.append(spec)
+            continue
+        root = Path(spec.root).expanduser().resolve()
+        if not root.exists():
+            if spec.optional:
+                log.warning("dataset '%s': root %s does not exist; skipped (optional)", spec.name, root)
+                continue
+            raise FileNotFoundError(f"dataset '{spec.name}': root {root} does not exist")
+        train.append(spec.model_copy(update={"root": root}))
+    if not train:
+        raise ValueError("no training dataset is available (all missing or skipped)")
+    model = cfg.model.model_copy(update={"cache_dir": Path(cfg.model.cache_dir).resolve()})
+    run = cfg.run.model_copy(update={"output_dir": Path(cfg.run.output_dir).resolve()})
+    data = cfg.data.model_copy(update={"train": train})
+    return cfg.model_copy(update={"model": model, "run": run, "data": data})
+
+
 def prepare_sam2(cfg: Config) -> Config:
     """Materialise shared random SAM2 weights once, before actors start, so they all agree."""
     from segmentation.sam2_models import TINY, materialize_random_checkpoint

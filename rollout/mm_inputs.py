@@ -34,4 +34,6 @@ def build_mm_inputs(image_processor, images: list, token_ids, image_pad_id: int)
     expected = (grid.prod(-1) // (merge * merge)).tolist()
     if runs != expected:
         raise ValueError(f"image token counts differ between the engine {runs} and the processor {expected}")
-    return {"pixel_values": out["pixel_values"], "image_grid_thw": grid}
+    # Modality per token (1 = image) for multimodal RoPE, shaped like a one-sequence batch.
+    types = [[1 if t == image_pad_id else 0 for t in token_ids]]
+    return {"pixel_values": out["pixel_values"], "image_grid_thw": grid, "mm_token_type_ids": types}
