@@ -96,10 +96,12 @@ def _synthetic_batch(n_seqs: int, seq_len: int, proc, tok, image_size_fn, sam_si
     for s in range(n_seqs):
         ids, mask, frames, traces = [], [], [], []
         per_turn_text = max(64, (seq_len - 3 * 400) // 6)
+        group = s // 4  # GRPO groups of 4 share their turn-0 frames; later turns see other frames
         for k, budgets_k in enumerate(turns_images):
             ids += list(rng.integers(10, text_vocab, per_turn_text))
             for b in budgets_k:
-                ref = FrameRef("bench", "v", len(frames), b)
+                video = f"v{group}" if k == 0 else f"v{group}_traj{s}"
+                ref = FrameRef("bench", video, len(frames), b)
                 h, w = image_size_fn(b)
                 images.setdefault(ref.key, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
                 frames.append(ref)
@@ -185,11 +187,12 @@ def run(args) -> dict:
     policy_dir = _policy_dir(shape, workdir)
     sam_cfg, sam_size = SHAPES.get(shape, {}).get("sam2", ("tiny", 256))
     gpu = device.startswith("cuda")
+    bf16 = gpu or args.bf16
     overrides = [
         f"model.cache_dir={workdir / 'cache'}", f"model.sam2_config={sam_cfg}", f"model.sam2_image_size={sam_size}",
-        "model.allow_random_init=true", f"model.dtype={'bf16' if gpu else 'fp32'}",
-        f"learner.precision={'bf16' if gpu else 'fp32'}", f"learner.zero_stage={args.zero}",
-        f"learner.gradient_checkpointing={'true' if gpu else 'false'}",
+        "model.allow_random_init=true", f"model.dtype={'bf16' if bf16 else 'fp32'}",
+        f"learner.precision={'bf16' if bf16 else 'fp32'}", f"learner.zero_stage={args.zero}",
+        f"learner.gradient_checkpointing={'true' if gpu and not args.no_gc else 'false'}",
         f"learner.calibration={'false' if args.no_calibration else 'true'}",
         f"learner.micro_batch_tokens={args.micro_batch_tokens}", "learner.kl_coef=0.04",
         "learner.reference_policy=none", "learner.lr=1e-6",
@@ -224,16 +227,23 @@ def run(args) -> dict:
     items = [TrainItem(t, float(rng.standard_normal()), [lp for lp, m in zip(t.logprobs, t.loss_mask) if m],
                        [lp - 0.01 for lp, m in zip(t.logprobs, t.loss_mask) if m], r) for t, r in zip(trajs, results)]
     totals = BatchTotals(len(items), sum(t.num_generated for t in trajs), 512 * 3, 18 * len(items))
-    grids = []
+    # Vision FLOPs count each distinct frame of a group once: that is all the model needs (the
+    # learner encodes a frame shared by a group's rollouts once when they share a micro-batch).
+    grids, seen = [], set()
     for t in trajs:
-        mm = core.image_processor(images=[images[r.key] for r in t.frames], return_tensors="pt")
-        grids += list(mm["image_grid_thw"])
+        for r in t.frames:
+            if r.key in seen:
+                continue
+            seen.add(r.key)
+            mm = core.image_processor(images=[images[r.key]], return_tensors="pt")
+            grids += list(mm["image_grid_thw"])
     lm_conf = core.module.lm.config.text_config
     vis_conf = core.module.lm.config.vision_config
     flops = _model_flops(lm_conf, vis_conf, trajs, grids, 2)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
+    core.sync_timing = True
     core.train(items, totals)  # warm-up (allocations, autotuning)
     sync()
     times = []
@@ -243,6 +253,18 @@ def run(args) -> dict:
         stats = core.train(items, totals)
         sync()
         times.append(time.perf_counter() - t0)
+    profile = None
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with torch_profile(activities=acts) as prof:
+            core.train(items, totals)
+            sync()
+        key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=40)
+        (Path(args.out).with_suffix(".profile.txt") if args.out else Path("learner_profile.txt")).write_text(table)
+        profile = table.splitlines()[:45]
     step_s = float(np.median(times))
     tokens = sum(len(t.token_ids) for t in trajs)
     achieved = flops / step_s
@@ -255,7 +277,8 @@ def run(args) -> dict:
                    "gradient_checkpointing": cfg.learner.gradient_checkpointing,
                    "calibration": cfg.learner.calibration, "aux_mask_loss": cfg.learner.aux_mask_weight,
                    "micro_batch_tokens": cfg.learner.micro_batch_tokens, "params": n_params,
-                   "sam2": f"{sam_cfg}@{sam_size}"},
+                   "sam2": f"{sam_cfg}@{sam_size}", "distinct_frames": len(seen),
+                   "frame_slots": sum(len(t.frames) for t in trajs)},
         "step_seconds_median": round(step_s, 4),
         "step_seconds_all": [round(x, 4) for x in times],
         "tokens_per_s": round(tokens / step_s, 1),
@@ -266,6 +289,8 @@ def run(args) -> dict:
         "mfu_vs_measured_gemm": round(achieved / gemm, 4) if gemm else None,
         "goal_mfu": 0.45, "anchor": "plain 1.7B Qwen2 text model, ZeRO-2 + GC: ~42% MFU on one H200",
         "last_step_stats": {k: round(v, 5) for k, v in stats.items()},
+        "phase_seconds": {k: round(v, 3) for k, v in stats.items() if k.startswith("t_")},
+        "profile_top": profile,
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -280,8 +305,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--zero", type=int, default=2, choices=[1, 2, 3])
-    ap.add_argument("--micro-batch-tokens", type=int, default=16384)
+    ap.add_argument("--micro-batch-tokens", type=int, default=65536)
     ap.add_argument("--no-calibration", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="bf16 on CPU too (checks the mixed-precision path)")
+    ap.add_argument("--profile", action="store_true", help="also profile one step (torch.profiler table)")
+    ap.add_argument("--no-gc", action="store_true", help="no gradient checkpointing (more memory, no recompute)")
     ap.add_argument("--workdir", default=".cache/bench_learner")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

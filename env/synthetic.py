@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
 COLORS = {
     "red": (220, 40, 40),
@@ -200,6 +199,8 @@ def render_video(seed: int, index: int, frames: int, size: tuple[int, int]):
 
 def encode_rle(mask: np.ndarray) -> dict:
     """COCO compressed RLE of a binary HxW mask with `counts` as str (the JSON convention)."""
+    from pycocotools import mask as mask_utils  # lazy: the word lists above are used without it
+
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 

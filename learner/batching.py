@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from rollout.mm_inputs import build_mm_inputs
+from rollout.mm_inputs import image_pad_runs
 from rollout.trajectory import Trajectory
 
 
@@ -23,12 +22,14 @@ class MicroBatch:
     seg_rows: torch.Tensor  # (S,) batch row of every turn that has a [SEG]
     seg_cols: torch.Tensor  # (S,) its position
     seg_turns: list[tuple[int, int]]  # (trajectory index in caller's list, turn index) per [SEG]
+    image_index: torch.Tensor | None = None  # (n_images,) row of each image among the distinct ones
+    unique_grid: torch.Tensor | None = None  # (n_distinct, 3) grids of the distinct images
 
     def to(self, device) -> "MicroBatch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return MicroBatch(self.index, *(move(getattr(self, f)) for f in (
             "input_ids", "attention_mask", "loss_mask", "behaviour_logp", "pixel_values", "image_grid_thw",
-            "seg_rows", "seg_cols")), self.seg_turns)
+            "seg_rows", "seg_cols")), self.seg_turns, move(self.image_index), move(self.unique_grid))
 
 
 def plan_micro_batches(lengths: list[int], token_budget: int, min_batches: int = 1) -> list[list[int]]:
@@ -53,9 +54,15 @@ def plan_micro_batches(lengths: list[int], token_budget: int, min_batches: int =
     return groups
 
 
-def collate(trajs: list[Trajectory], index: list[int], images: list[list[np.ndarray]], image_processor,
+def collate(trajs: list[Trajectory], index: list[int], pieces: list[list[tuple]], merge: int,
             pad_id: int, image_pad_id: int) -> MicroBatch:
-    """Right-padded tensors for the trajectories at `index` (images given per trajectory, in order)."""
+    """Right-padded tensors for the trajectories at `index`.
+
+    `pieces[r]` holds, for the r-th of them, one (key, pixel rows, grid_thw) triple per image in
+    order, as the image processor produced them; each image's token count is checked against its
+    run of image pads, so vision inputs can never drift from the token ids. `pixel_values` holds
+    each distinct image (by key) once; `image_index` maps every image slot to its row, so the
+    vision tower encodes frames shared by a group's rollouts once."""
     picked = [trajs[i] for i in index]
     longest = max(len(t.token_ids) for t in picked)
     b = len(picked)
@@ -63,23 +70,57 @@ def collate(trajs: list[Trajectory], index: list[int], images: list[list[np.ndar
     attn = torch.zeros((b, longest), dtype=torch.long)
     lmask = torch.zeros((b, longest), dtype=torch.float32)
     blogp = torch.zeros((b, longest), dtype=torch.float32)
-    all_images, rows, cols, turns = [], [], [], []
+    pixel_rows, grids, rows, cols, turns = [], [], [], [], []
+    unique: dict[str, int] = {}
+    unique_grids, image_index = [], []
     for r, (i, t) in enumerate(zip(index, picked)):
         n = len(t.token_ids)
         ids[r, :n] = torch.tensor(t.token_ids)
         attn[r, :n] = 1
         lmask[r, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
         blogp[r, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
-        all_images += list(images[r])
+        runs = image_pad_runs(t.token_ids, image_pad_id)
+        expected = [int(g.prod()) // (merge * merge) for _, _, g in pieces[r]]
+        if runs != expected:
+            raise ValueError(f"{t.traj_id}: image token runs {runs} do not match the processed images {expected}")
+        for key, pv, g in pieces[r]:
+            if key not in unique:
+                unique[key] = len(unique)
+                pixel_rows.append(pv)
+                unique_grids.append(g)
+            image_index.append(unique[key])
+            grids.append(g)
         for k, turn in enumerate(t.turns):
             if turn.seg_position >= 0:
                 rows.append(r)
                 cols.append(turn.seg_position)
                 turns.append((i, k))
-    mm = build_mm_inputs(image_processor, all_images, ids[attn.bool()].tolist(), image_pad_id) if all_images else {}
     return MicroBatch(
         index=list(index), input_ids=ids, attention_mask=attn, loss_mask=lmask, behaviour_logp=blogp,
-        pixel_values=mm.get("pixel_values"), image_grid_thw=mm.get("image_grid_thw"),
+        pixel_values=torch.cat(pixel_rows) if pixel_rows else None,
+        image_grid_thw=torch.stack(grids) if grids else None,
         seg_rows=torch.tensor(rows, dtype=torch.long), seg_cols=torch.tensor(cols, dtype=torch.long),
         seg_turns=turns,
+        image_index=torch.tensor(image_index, dtype=torch.long) if grids else None,
+        unique_grid=torch.stack(unique_grids) if grids else None,
     )
+
+
+class ImagePieces:
+    """Processed vision inputs per frame, computed once: the G rollouts of a group (and later turns)
+    show the same frames, and the score pass and the train pass need them again."""
+
+    def __init__(self, image_processor, capacity: int = 8192):
+        self.proc = image_processor
+        self.capacity = capacity
+        self.cache: dict[str, tuple] = {}
+
+    def get(self, refs: list, fetch) -> list[tuple]:
+        missing = [r for r in dict.fromkeys(refs, None) if r.key not in self.cache]
+        if missing:
+            for ref, img in zip(missing, fetch(missing)):
+                out = self.proc(images=[img], return_tensors="pt")
+                self.cache[ref.key] = (out["pixel_values"], out["image_grid_thw"][0])
+            while len(self.cache) > self.capacity:
+                self.cache.pop(next(iter(self.cache)))
+        return [(r.key, *self.cache[r.key]) for r in refs]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from learner.batching import MicroBatch, collate, plan_micro_batches
+from learner.batching import ImagePieces, MicroBatch, collate, plan_micro_batches
 from learner.losses import LossConfig, LossInputs, bce_dice_loss, grpo_loss, mask_log_likelihood
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
 from rollout.trajectory import Trajectory
@@ -67,6 +67,22 @@ class BatchTotals:
 class TrainStats:
     loss: float = 0.0
     values: dict = field(default_factory=dict)
+
+
+class _PhaseClock:
+    """Accumulates wall time per phase of a step (synchronising the GPU first when asked)."""
+
+    def __init__(self, device: str | None):
+        self.sync = device is not None and device.startswith("cuda")
+        self.totals: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def _seed_everything(seed: int) -> None:
@@ -115,6 +131,7 @@ class LearnerCore:
             self.reference = reference_model(self.policy)
         processor = AutoProcessor.from_pretrained(str(self.policy_dir))
         self.image_processor = processor.image_processor
+        self.image_pieces = ImagePieces(self.image_processor)
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
         self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
@@ -138,6 +155,8 @@ class LearnerCore:
             dist_init_required=True)
         self.dtype = torch.bfloat16 if lc.precision == "bf16" else torch.float32
         self.updates = 0
+        self.sync_timing = False  # benchmarks set this for exact per-phase GPU times
+        self._feature_memo: dict[str, dict] = {}
 
     def _lr_factor(self, step: int) -> float:
         lc = self.cfg.learner
@@ -158,17 +177,18 @@ class LearnerCore:
                                   min_batches)
 
     def _collate(self, trajs: list[Trajectory], index: list[int]) -> MicroBatch:
-        images = [self.frame_fetcher(trajs[i].frames) if trajs[i].frames else [] for i in index]
-        mb = collate(trajs, index, images, self.image_processor, self.pad_id, self.image_pad_id)
+        pieces = [self.image_pieces.get(trajs[i].frames, self.frame_fetcher) if trajs[i].frames else []
+                  for i in index]
+        mb = collate(trajs, index, pieces, int(self.image_processor.merge_size), self.pad_id, self.image_pad_id)
         mb = mb.to(self.device)
         if mb.pixel_values is not None:
             mb.pixel_values = mb.pixel_values.to(self.dtype)
         return mb
 
     def _hidden(self, module, mb: MicroBatch):
-        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
-                            enabled=self.dtype == torch.bfloat16):
-            return module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw)
+        with self._autocast():
+            return module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
+                                        mb.image_index, mb.unique_grid)
 
     # --------------------------------------------------------------------------- score
     @torch.no_grad()
@@ -183,14 +203,8 @@ class LearnerCore:
             old, _ = module.selected_logprobs(hidden, mb.input_ids, sel)
             ref = None
             if self.reference is not None:
-                with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
-                                    enabled=self.dtype == torch.bfloat16):
-                    mm = {}
-                    if mb.pixel_values is not None:
-                        mm = {"pixel_values": mb.pixel_values, "image_grid_thw": mb.image_grid_thw,
-                              "mm_token_type_ids": mm_token_types(mb.input_ids, self.reference.config.image_token_id)}
-                    rh = self.reference.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                                              use_cache=False, **mm).last_hidden_state
+                with self._autocast():
+                    rh = self._reference_hidden(mb)
                 ref = self._ref_logprobs(rh, mb.input_ids, sel)
             seg = hidden[mb.seg_rows, mb.seg_cols].float().cpu().numpy() if len(mb.seg_rows) else None
             per_traj_seg: dict[int, dict[int, np.ndarray]] = {}
@@ -208,6 +222,18 @@ class LearnerCore:
         module.train()
         return out  # type: ignore[return-value]
 
+    def _reference_hidden(self, mb: MicroBatch):
+        from learner.policy import _shared_vision
+
+        if mb.pixel_values is None:
+            return self.reference.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                                        use_cache=False).last_hidden_state
+        mm = {"pixel_values": mb.pixel_values, "image_grid_thw": mb.image_grid_thw,
+              "mm_token_type_ids": mm_token_types(mb.input_ids, self.reference.config.image_token_id)}
+        with _shared_vision(self.reference.model, mb.pixel_values, mb.unique_grid, mb.image_index):
+            return self.reference.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                                        use_cache=False, **mm).last_hidden_state
+
     def _ref_logprobs(self, hidden, ids, sel):
         sel = sel.clone()
         sel[:, 0] = False
@@ -218,8 +244,22 @@ class LearnerCore:
 
     # --------------------------------------------------------------------------- train
     def _features(self, item: TrainItem, key: str) -> dict:
-        feats = self.feature_fetcher(item.score.features[key])
-        return {k: torch.as_tensor(v).to(self.device, torch.float32) for k, v in feats.items()}
+        """A frame's image features on the device, fetched once per train call (micro-batches and
+        the G rollouts of a group share frames)."""
+        if key not in self._feature_memo:
+            feats = self.feature_fetcher(item.score.features[key])
+            moved = {}
+            for k, v in feats.items():
+                t = torch.as_tensor(v)
+                if self.device.startswith("cuda"):
+                    t = t.pin_memory().to(self.device, non_blocking=True)
+                moved[k] = t.to(self.device, self.dtype)
+            self._feature_memo[key] = moved
+        return self._feature_memo[key]
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
+                              enabled=self.dtype == torch.bfloat16)
 
     def _seg_terms(self, items: list[TrainItem], mb: MicroBatch, hidden) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
         """Calibration log-likelihoods placed at [SEG] positions (B, T), and aux BCE+Dice losses."""
@@ -260,10 +300,14 @@ class LearnerCore:
         loaded = [self._features(owner[key], key) for key in uniq]
         idx = torch.tensor([uniq[key] for key in jobs_feat], device=self.device)
         feats = {IMAGE_EMBED: torch.cat([f[IMAGE_EMBED] for f in loaded])[idx]}
+        hr_index = None
         if HIGH_RES_S0 in loaded[0]:
-            feats[HIGH_RES_S0] = torch.cat([f[HIGH_RES_S0] for f in loaded])[idx]
-            feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])[idx]
-        logits = module.decode_masks(embeds[torch.tensor(jobs_embed, device=self.device)], feats)
+            # High-res maps stay one per distinct frame; the decoder indexes them (see decode_masks).
+            feats[HIGH_RES_S0] = torch.cat([f[HIGH_RES_S0] for f in loaded])
+            feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])
+            hr_index = idx
+        with self._autocast():
+            logits = module.decode_masks(embeds[torch.tensor(jobs_embed, device=self.device)], feats, hr_index)
         calib_rows, aux_losses = [], []
         for j, (kind, target) in enumerate(jobs_target):
             target = target.to(self.device)
@@ -295,17 +339,22 @@ class LearnerCore:
             groups += [groups[-1]] * (int(count.item()) - n_real)
         sums: dict[str, float] = {}
         started = time.time()
+        clock = _PhaseClock(self.device if self.sync_timing else None)
+        self._feature_memo = {}
         for g, index in enumerate(groups):
             mb = self._collate(trajs, index)
+            clock.lap("t_collate")
             hidden = self._hidden(module, mb)
             sel = mb.loss_mask.bool()
             logp, ent = module.selected_logprobs(hidden, mb.input_ids, sel, with_entropy=True)
+            clock.lap("t_forward")
             sub = [items[i] for i in index]
             old = torch.stack([_scatter_masked(it.old_logp, mb.loss_mask[r].cpu()) for r, it in enumerate(sub)]).to(self.device)
             ref = None
             if all(it.ref_logp is not None for it in sub) and self.loss_cfg.kl_coef > 0:
                 ref = torch.stack([_scatter_masked(it.ref_logp, mb.loss_mask[r].cpu()) for r, it in enumerate(sub)]).to(self.device)
             calib, aux, _ = self._seg_terms(items, mb, hidden)
+            clock.lap("t_seg_heads")
             inputs = LossInputs(
                 logp=logp, old_logp=old, behaviour_logp=mb.behaviour_logp, ref_logp=ref,
                 advantages=torch.tensor([it.advantage for it in sub], device=self.device),
@@ -315,13 +364,18 @@ class LearnerCore:
             if g >= n_real:
                 loss = loss * 0.0
                 stats = {k: 0.0 for k in stats}
+            clock.lap("t_loss")
             self.engine.set_gradient_accumulation_boundary(g == len(groups) - 1)
             self.engine.backward(loss)
+            clock.lap("t_backward")
             stats["loss_sum"] = float(loss.detach())
             stats["entropy_sum"] = float((ent * mb.loss_mask).sum()) if g < n_real else 0.0
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
         self.engine.step()
+        self._feature_memo = {}
+        clock.lap("t_optimizer")
+        sums.update(clock.totals)
         self.updates += 1
         sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         sums["lr"] = float(self.scheduler.get_last_lr()[0])

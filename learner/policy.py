@@ -28,6 +28,35 @@ HEADS_FILE = "videoseg_heads.safetensors"
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+class _shared_vision:
+    """Temporarily replaces the model's `get_image_features` with one that encodes the distinct
+    images once and hands back their features in slot order (the public method's contract)."""
+
+    def __init__(self, model, pixel_values, unique_grid, image_index):
+        self.model, self.pv, self.grid, self.index = model, pixel_values, unique_grid, image_index.tolist()
+
+    def __enter__(self):
+        original = type(self.model).get_image_features.__get__(self.model)
+
+        def shared(pixel_values, image_grid_thw=None, **kwargs):
+            out = original(self.pv, self.grid, **kwargs)
+            pooled = out.pooler_output if hasattr(out, "pooler_output") else out
+            picked = tuple(pooled[i] for i in self.index)
+            if hasattr(out, "pooler_output"):
+                out.pooler_output = picked
+                if getattr(out, "deepstack_features", None) is not None:
+                    out.deepstack_features = [tuple(f[i] for i in self.index) for f in out.deepstack_features]
+                return out
+            return picked
+
+        self.model.get_image_features = shared
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.get_image_features  # back to the class's method
+        return False
+
+
 def mm_token_types(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
     """Modality of every token as transformers expects it: 0 text, 1 image."""
     return (input_ids == image_token_id).to(torch.int32)
@@ -44,8 +73,16 @@ class SegPolicy(nn.Module):
         self.seg_token_id = int(seg_token_id)
 
     # --------------------------------------------------------------------------- forward
-    def hidden_states(self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None):
-        """Last-layer hidden states (after the final norm), (B, T, H)."""
+    def hidden_states(self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None,
+                      image_index=None, unique_grid=None):
+        """Last-layer hidden states (after the final norm), (B, T, H).
+
+        With `image_index`, `pixel_values` holds only the distinct images (grids `unique_grid`) and
+        every image slot names its row: the vision tower runs once per distinct frame and its
+        outputs (and deepstack features) are reused, gradients summing over the reuses."""
+        if pixel_values is not None and image_index is not None:
+            with _shared_vision(self.lm.model, pixel_values, unique_grid, image_index):
+                return self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)
         kwargs = {}
         if pixel_values is not None:
             # mm_token_type_ids marks image tokens (1) for multimodal RoPE; without it transformers
@@ -78,12 +115,16 @@ class SegPolicy(nn.Module):
     def seg_embeddings(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return self.projector(hidden[rows, cols]).float()
 
-    def decode_masks(self, seg_embeds: torch.Tensor, features: dict) -> torch.Tensor:
-        """Differentiable low-res mask logits (N, h, w), one per embedding (features batch N or 1).
+    def decode_masks(self, seg_embeds: torch.Tensor, features: dict,
+                     high_res_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Differentiable low-res mask logits (N, h, w), one per embedding.
 
-        Not gated by SAM2's object score: gated pixels are constants and would carry no gradient."""
+        `features` hold one entry per embedding, or (with `high_res_index`) the high-res maps hold one
+        entry per distinct frame and the index names each embedding's frame, so the decoder's
+        high-res convolutions run once per frame. Not gated by SAM2's object score: gated pixels
+        are constants and would carry no gradient."""
         out = language_decode(self.sam_prompt_encoder, self.sam_mask_decoder, features, seg_embeds,
-                              multimask=True, gate_by_object_score=False)
+                              multimask=True, gate_by_object_score=False, high_res_index=high_res_index)
         return out.low_res_logits[:, 0].float()
 
     # ------------------------------------------------------------------------ weights
