@@ -71,8 +71,9 @@ def train(cfg, resume: bool = False) -> int:
         placements = create_role_placement(cfg)
         system = start_system(cfg, policy_dir, placements)
         ledger = open_ledger(cfg.cluster, run.root, cfg.run.name)
-        prompts = PromptSource(ray.get(system.envs[0].sample_ids.remote()), cfg.run.seed,
-                               {d.name: d.weight for d in cfg.data.train})
+        sample_ids = ray.get(system.envs[0].sample_ids.remote())
+        prompts = PromptSource(sample_ids, cfg.run.seed, {d.name: d.weight for d in cfg.data.train})
+        run.write_datasets({d.name: sum(s.startswith(d.name + "/") for s in sample_ids) for d in cfg.data.train})
         start_step, version = 0, 0
         if latest is not None:
             state = RunDir.driver_state(latest)

@@ -44,6 +44,10 @@ class RunDir:
         else:
             path.write_text(text)
 
+    def write_datasets(self, counts: dict[str, int]) -> None:
+        """Which datasets the run trains on and how many samples each contributed."""
+        (self.root / "datasets.json").write_text(json.dumps(counts, indent=1))
+
     def step_dir(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:08d}"
 

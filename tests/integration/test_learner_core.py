@@ -1,0 +1,151 @@
+"""The learner core in-process (no Ray): real tiny policy, real SAM2 pool core, real DeepSpeed."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import CACHE_DIR, free_port
+
+pytestmark = pytest.mark.slow
+
+SELECT = ('<think> Step 1: it moves. Step 2: left. Step 3: matches. Action: select. </think><select><VTG>'
+          '{"start": 2, "end": 9, "keyframe": 5}</VTG><RefSeg>[SEG]</RefSeg></select>')
+ANSWER = ('<think> Step 1: it moves. Step 2: left. Step 3: matches. Action: answer. </think><answer><VTG>'
+          '{"start": 3, "end": 9, "keyframe": 6}</VTG><RefSeg>[SEG]</RefSeg></answer>')
+
+
+@pytest.fixture(scope="module")
+def world(tiny_qwen25_dir, tiny_sam2_ckpt, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from configs import load_config
+    from env.prompts import SYSTEM_PROMPT
+    from env.service import EnvService
+    from rollout.conversation import ConversationCodec
+    from rollout.processor_config import image_token_count
+    from rollout.replay import replay_episode
+    from segmentation.reward_pool import RewardPoolCore
+
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    cfg = load_config(overrides=[f"model.cache_dir={CACHE_DIR}",
+                                 "data.train=[{name: synthetic, format: synthetic, videos: 3, seed: 5, frames_per_video: 16}]"])
+    env = EnvService(cfg.env, cfg.data.train, cache_dir=str(CACHE_DIR))
+    codec = ConversationCodec(AutoTokenizer.from_pretrained(tiny_qwen25_dir), SYSTEM_PROMPT)
+    tokens = lambda im: image_token_count(im.shape[0], im.shape[1], "qwen2.5-vl")  # noqa: E731
+    samples = [env.sample(i) for i in env.sample_ids()[:2]]
+    # Group members that differ in format and grounding, so rewards (and advantages) differ.
+    plays = [[ANSWER], [SELECT, ANSWER], ["the red square is on the left [SEG]"], [ANSWER.replace('"start": 3', '"start": 0')]]
+    trajs = [replay_episode(s, plays[g], env, codec, tokens, group_index=g) for s in samples for g in range(4)]
+    pool = RewardPoolCore(cfg.model, cfg.reward, 128, datasets=cfg.data.train, data_cache_dir=str(CACHE_DIR))
+    return cfg, env, trajs, pool, tiny_qwen25_dir
+
+
+def _core(world, **overrides):
+    from learner.core import LearnerCore
+
+    cfg, env, trajs, pool, policy_dir = world
+    cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update=overrides)})
+    return LearnerCore(cfg, policy_dir, frame_fetcher=env.frames_for, gt_fetcher=env.gt_masks)
+
+
+def _items(core, world):
+    from configs import load_config  # noqa: F401
+    from learner.rl_step import advantages, score_requests, train_items
+
+    cfg, env, trajs, pool, _ = world
+    outs = core.score(trajs)
+    pool.update_weights(pool.version + 1, core.head_weights())
+    results = pool.score(score_requests(trajs, outs))
+    adv, keep = advantages(trajs, results, core.cfg)
+    return outs, results, train_items(trajs, outs, results, adv, keep, core.cfg)
+
+
+def _snapshot(module, prefix):
+    return {n: p.detach().clone() for n, p in module.named_parameters() if n.startswith(prefix)}
+
+
+def test_score_pass_gives_seg_states_and_logprobs(world):
+    core = _core(world)
+    cfg, env, trajs, pool, _ = world
+    outs = core.score(trajs)
+    assert {t.end_reason for t in trajs} == {"answer", "malformed"}
+    for t, o in zip(trajs, outs):
+        assert len(o.seg_hidden) == t.num_turns and all(h is not None and h.shape == (128,) for h in o.seg_hidden)
+        assert len(o.old_logp) == t.num_generated and all(lp <= 0 for lp in o.old_logp)
+        # the reference policy starts equal to the policy
+        assert np.allclose(o.old_logp, o.ref_logp, atol=1e-5)
+
+
+def test_shared_vision_encoding_is_exact(world):
+    """Encoding each distinct frame once gives the same hidden states as encoding every slot."""
+    core = _core(world)
+    cfg, env, trajs, pool, _ = world
+    mb = core._collate(trajs, list(range(4)))  # one group: shared turn-0 frames
+    assert len(mb.unique_grid) < len(mb.image_grid_thw)
+    module = core.module
+    with torch.no_grad():
+        shared = module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
+                                      mb.image_index, mb.unique_grid)
+        rows = torch.split(mb.pixel_values, [int(g.prod()) for g in mb.unique_grid])
+        full_pv = torch.cat([rows[i] for i in mb.image_index.tolist()])
+        plain = module.hidden_states(mb.input_ids, mb.attention_mask, full_pv, mb.image_grid_thw)
+    assert torch.allclose(shared, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("calibration", [True, False])
+def test_calibration_gradient_reaches_projector_and_decoder(world, calibration):
+    core = _core(world, calibration=calibration, aux_mask_weight=0.0, kl_coef=0.0, lr=1e-3)
+    _, _, (items, totals) = _items(core, world)
+    before = {p: _snapshot(core.module, p) for p in ("projector.", "sam_mask_decoder.", "lm.")}
+    stats = core.train(items, totals)
+    changed = {p: any(not torch.equal(v, dict(core.module.named_parameters())[n]) for n, v in snap.items())
+               for p, snap in before.items()}
+    assert changed["lm."]  # the policy-gradient term always trains the LLM
+    assert changed["projector."] == calibration and changed["sam_mask_decoder."] == calibration
+    assert (stats["calib_sum"] != 0.0) == calibration
+
+
+def test_aux_mask_loss_trains_the_decoder_and_goes_down(world):
+    core = _core(world, calibration=False, aux_mask_weight=1.0, kl_coef=0.0, lr=3e-3)
+    _, _, (items, totals) = _items(core, world)
+    first = core.train(items, totals)["aux_sum"]
+    for _ in range(3):
+        last = core.train(items, totals)["aux_sum"]
+    assert last < first
+
+
+def test_checkpoint_roundtrip_reproduces_the_next_step(world, tmp_path):
+    core = _core(world, lr=1e-3)
+    _, _, (items, totals) = _items(core, world)
+    core.train(items, totals)
+    core.save_checkpoint(tmp_path, "ck", {"step": 1})
+    a = core.train(items, totals)
+    params_a = {n: p.detach().clone() for n, p in core.module.named_parameters()}
+    state = core.load_checkpoint(tmp_path, "ck")
+    assert state["step"] == 1
+    b = core.train(items, totals)
+    for k in ("loss_sum", "grad_norm", "pg_loss_sum", "aux_sum", "calib_sum"):
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+    # Same numbers up to floating-point reduction order (multi-threaded CPU kernels).
+    worst = max(float((p - params_a[n]).abs().max()) for n, p in core.module.named_parameters())
+    assert worst < 1e-6, worst
+
+
+def test_exported_policy_loads_back(world, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from learner.policy import HEADS_FILE, build_policy
+
+    core = _core(world)
+    out = core.export_policy(tmp_path / "policy")
+    assert (out / HEADS_FILE).is_file() and (out / "tokenizer.json").is_file()
+    lm = AutoModelForImageTextToText.from_pretrained(out)
+    for (n, p), (m, q) in zip(lm.state_dict().items(), core.module.lm.state_dict().items()):
+        assert n == m and torch.equal(p, q.cpu())
+    cfg = world[0]
+    again = build_policy(cfg.model, out)
+    for k, v in core.head_weights().items():
+        assert torch.equal(again.head_state_dict()[k], v)
