@@ -32,6 +32,11 @@ class VideoEnvActor:
     def ready(self) -> bool:
         return True
 
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
     def reset(self, sample: Sample | str, episode_id: str) -> StepResult:
         return self._service.reset(sample, episode_id)
 
@@ -40,6 +45,9 @@ class VideoEnvActor:
 
     def sample(self, sample_id: str) -> Sample:
         return self._service.sample(sample_id)
+
+    def samples(self, sample_ids: Sequence[str]) -> list[Sample]:
+        return [self._service.sample(i) for i in sample_ids]
 
     def sample_ids(self, dataset: str | None = None) -> list[str]:
         return self._service.sample_ids(dataset)

@@ -21,21 +21,37 @@ def encode_rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def _rle_size(rle: dict, where: str) -> list[int]:
+    size = rle["size"]
+    try:
+        if isinstance(size, (str, bytes)) or len(size) != 2:
+            raise ValueError("not a pair")
+        h, w = (int(v) for v in size)
+        if h <= 0 or w <= 0 or any(isinstance(v, bool) or float(v) != int(v) for v in size):
+            raise ValueError("not positive integers")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise AnnotationError(f"{where}: RLE size must be [height, width], got {size!r:.60} ({exc})") from None
+    return [h, w]
+
+
 def _as_coco(rle: dict, where: str) -> dict:
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise AnnotationError(f"{where}: expected a COCO RLE dict with 'size' and 'counts', got {rle!r:.80}")
+    size = _rle_size(rle, where)
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE (rare in these datasets): compress it first
-        h, w = rle["size"]
         try:
-            return mask_utils.frPyObjects(rle, int(h), int(w))
+            return mask_utils.frPyObjects(rle, size[0], size[1])
         except Exception as exc:
             raise AnnotationError(f"{where}: bad uncompressed RLE ({exc})") from exc
     if isinstance(counts, str):
-        counts = counts.encode("ascii", errors="strict")
+        try:
+            counts = counts.encode("ascii", errors="strict")
+        except UnicodeEncodeError:
+            raise AnnotationError(f"{where}: RLE counts hold non-ASCII characters") from None
     if not isinstance(counts, bytes):
         raise AnnotationError(f"{where}: RLE counts must be a string, got {type(counts).__name__}")
-    return {"size": [int(s) for s in rle["size"]], "counts": counts}
+    return {"size": size, "counts": counts}
 
 
 def decode_rle(rle: dict | None, size: tuple[int, int], where: str = "mask") -> np.ndarray:

@@ -32,6 +32,9 @@ class LearnerWorker:
         self.env_handles = env_handles
         self.core = None
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def address(self) -> tuple[str, int]:
         import ray
 
@@ -159,27 +162,27 @@ class LearnerGroup:
                     merged[k] = merged.get(k, 0.0) + v
         return merged
 
-    def export_lm_weights(self, shm_root: str, version: int) -> str:
+    def _all(self, method: str, *args, timeout: float | None = None) -> list:
         import ray
 
-        return ray.get(self.workers[0].export_lm_weights.remote(shm_root, version))
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers], timeout=timeout)
 
-    def head_weights(self) -> dict:
+    def _first(self, method: str, *args, timeout: float | None = None):
         import ray
 
-        return ray.get(self.workers[0].head_weights.remote())
+        return ray.get(getattr(self.workers[0], method).remote(*args), timeout=timeout)
 
-    def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
-        import ray
+    def export_lm_weights(self, shm_root: str, version: int, timeout: float | None = None) -> str:
+        return self._first("export_lm_weights", shm_root, version, timeout=timeout)
 
-        ray.get([w.save_checkpoint.remote(ckpt_dir, tag, client_state) for w in self.workers])
+    def head_weights(self, timeout: float | None = None) -> dict:
+        return self._first("head_weights", timeout=timeout)
 
-    def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict:
-        import ray
+    def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict, timeout: float | None = None) -> None:
+        self._all("save_checkpoint", ckpt_dir, tag, client_state, timeout=timeout)
 
-        return ray.get([w.load_checkpoint.remote(ckpt_dir, tag) for w in self.workers])[0]
+    def load_checkpoint(self, ckpt_dir: str, tag: str, timeout: float | None = None) -> dict:
+        return self._all("load_checkpoint", ckpt_dir, tag, timeout=timeout)[0]
 
-    def export_policy(self, out_dir: str) -> str:
-        import ray
-
-        return ray.get(self.workers[0].export_policy.remote(out_dir))
+    def export_policy(self, out_dir: str, timeout: float | None = None) -> str:
+        return self._first("export_policy", out_dir, timeout=timeout)

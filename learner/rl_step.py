@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -10,6 +12,37 @@ from learner.core import BatchTotals, ScoreOutput, TrainItem
 from learner.losses import group_advantages, zero_variance_groups
 from rollout.trajectory import Trajectory
 from segmentation.types import ScoreRequest, ScoreResult
+
+log = logging.getLogger(__name__)
+
+
+def _quarantine_groups(trajs: list, bad: dict[str, str], ledger) -> list[int]:
+    """Quarantine samples with unusable data; indices of trajectories to keep (whole groups go)."""
+    for sid, reason in sorted(bad.items()):
+        log.warning("quarantined %s: %s", sid, reason)
+        ledger.quarantine(sid, reason)
+    return [i for i, t in enumerate(trajs) if t.sample.sample_id not in bad]
+
+
+def drop_failed_episodes(trajs: list[Trajectory], ledger) -> list[Trajectory]:
+    """Episodes the env could not play (corrupt video, missing frames, bad annotation)."""
+    bad = {t.sample.sample_id: t.error for t in trajs if t.error}
+    return [trajs[i] for i in _quarantine_groups(trajs, bad, ledger)]
+
+
+def drop_unscorable(trajs, outs, results, ledger, cfg: Config):
+    """Trajectories the reward pool could not score (their ground truth is unreadable)."""
+    bad = {t.sample.sample_id: r.error for t, r in zip(trajs, results) if r.error}
+    keep = _quarantine_groups(trajs, bad, ledger)
+    return [trajs[i] for i in keep], [outs[i] for i in keep], [results[i] for i in keep]
+
+
+def check_quarantine(ledger, total_samples: int, cfg: Config) -> None:
+    n = len(ledger.quarantined())
+    if total_samples and n / total_samples > cfg.data.max_quarantine_fraction:
+        raise RuntimeError(f"{n} of {total_samples} samples are quarantined (more than "
+                           f"data.max_quarantine_fraction={cfg.data.max_quarantine_fraction}); the data needs "
+                           "fixing - the reasons are in the ledger (quarantine table)")
 
 
 def score_requests(trajs: list[Trajectory], outs: list[ScoreOutput]) -> list[ScoreRequest]:

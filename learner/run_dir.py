@@ -48,6 +48,15 @@ class RunDir:
         """Which datasets the run trains on and how many samples each contributed."""
         (self.root / "datasets.json").write_text(json.dumps(counts, indent=1))
 
+    def write_status(self, step: int, phase: str, **extra) -> None:
+        """Where the run is now (step, phase), rewritten atomically at every phase change."""
+        tmp = self.root / "status.json.tmp"
+        tmp.write_text(json.dumps({"step": step, "phase": phase, "time": time.time(), "pid": os.getpid(), **extra}))
+        os.replace(tmp, self.root / "status.json")
+
+    def write_actors(self, pids: dict) -> None:
+        (self.root / "actors.json").write_text(json.dumps(pids, indent=1))
+
     def step_dir(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:08d}"
 

@@ -1,4 +1,4 @@
-"""Starting, syncing and stopping the actor groups of a run.
+"""Starting and stopping the actor groups of a run (weight sync: learner/supervisor.py).
 
     env actors      VideoEnvActor x env.num_actors       frames, episodes, ground truth
     reward pool     SegRewardPoolActor x reward.num_actors
@@ -129,21 +129,6 @@ def start_system(cfg: Config, policy_dir: Path, placements: dict) -> System:
     shm_root = shm / f"videoseg_weights_{cfg.run.name}_{os.getpid()}"
     return System(cfg, str(policy_dir), envs, pool, RolloutRouter(workers), learners, placements or {},
                   str(shm_root), hidden)
-
-
-def sync_weights(system: System, version: int) -> dict:
-    """Push the learner's weights: language model to every engine, heads to the reward pool."""
-    t0 = time.time()
-    version_dir = system.learners.export_lm_weights(system.shm_root, version)
-    t1 = time.time()
-    infos = system.rollout.update_weights(version_dir, version)
-    t2 = time.time()
-    heads = system.learners.head_weights()
-    t3 = time.time()
-    system.pool.update_weights(version, heads)
-    t4 = time.time()
-    return {"export": t1 - t0, "engines": t2 - t1, "heads": t3 - t2, "pool": t4 - t3,
-            "tensors": infos[0]["tensors"] if infos else 0}
 
 
 def shutdown_system(system: System | None) -> None:

@@ -29,6 +29,9 @@ class RolloutWorker:
         self.service = RolloutService(self.cfg, model_dir, self.env, seed=self.cfg.run.seed + worker_index)
         self.in_flight = 0
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def ready(self) -> dict:
         return {"pid": os.getpid(), "startup_seconds": self.service.engine.startup_seconds,
                 "weight_version": self.service.weight_version}

@@ -51,6 +51,13 @@ def episode_seed(base: int, sample_id: str, group_index: int, rollout_step: int,
     return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
 
 
+def failed_trajectory(sample: Sample, group_index: int, rollout_step: int, error: str) -> Trajectory:
+    return Trajectory(traj_id=f"{sample.sample_id}#{group_index}@{rollout_step}", sample=sample,
+                      group_index=group_index, token_ids=[], loss_mask=[], logprobs=[], frames=[], turns=[],
+                      initial_high=[], initial_low=[], end_reason="data_error", prompt_length=0,
+                      rollout_step=rollout_step, error=error)
+
+
 class EpisodeRunner:
     def __init__(self, engine, codec: ConversationCodec, env: EnvClient, sampling: SamplingConfig,
                  max_model_len: int, max_in_flight: int = 64, seed: int = 0, image_tokens=None):
@@ -76,8 +83,16 @@ class EpisodeRunner:
         return list(await asyncio.gather(*jobs))
 
     async def run_episode(self, sample: Sample, group_index: int, rollout_step: int = 0) -> Trajectory:
+        from env.errors import DataError
+
         async with self.semaphore:
-            return await self._run(sample, group_index, rollout_step)
+            try:
+                return await self._run(sample, group_index, rollout_step)
+            except DataError as exc:
+                # Unusable data (corrupt video, missing frames, bad annotation): report it with the
+                # trajectory so the driver quarantines the sample; the rest of the batch goes on.
+                log.warning("episode %s#%d: %s", sample.sample_id, group_index, exc)
+                return failed_trajectory(sample, group_index, rollout_step, f"{type(exc).__name__}: {exc}")
 
     async def _run(self, sample: Sample, group_index: int, rollout_step: int) -> Trajectory:
         started = time.time()

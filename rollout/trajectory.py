@@ -47,6 +47,9 @@ class Trajectory:
     prompt_length: int  # tokens before the first sampled token
     rollout_step: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # Set when the episode could not be played because the sample's data is unusable (the env
+    # raised a DataError); such a trajectory has no turns and is quarantined, never trained on.
+    error: str = ""
 
     @property
     def num_turns(self) -> int:
@@ -134,6 +137,7 @@ def to_arrow(trajectories: list[Trajectory]):
         "frames": [json.dumps([asdict(f) for f in t.frames]) for t in trajectories],
         "turns": [json.dumps([_turn_to_dict(x) for x in t.turns]) for t in trajectories],
         "timings": [json.dumps(t.timings) for t in trajectories],
+        "error": [t.error for t in trajectories],
     }
     schema = pa.schema([
         ("traj_id", pa.string()), ("sample_id", pa.string()), ("group_index", pa.int32()),
@@ -141,7 +145,7 @@ def to_arrow(trajectories: list[Trajectory]):
         ("token_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.int8())),
         ("logprobs", pa.list_(pa.float64())), ("initial_high", pa.list_(pa.int32())),
         ("initial_low", pa.list_(pa.int32())), ("sample", pa.string()), ("frames", pa.string()),
-        ("turns", pa.string()), ("timings", pa.string()),
+        ("turns", pa.string()), ("timings", pa.string()), ("error", pa.string()),
     ])
     return pa.table(rows, schema=schema)
 
@@ -168,6 +172,7 @@ def from_arrow(table) -> list[Trajectory]:
             prompt_length=row["prompt_length"],
             rollout_step=row["rollout_step"],
             timings=json.loads(row["timings"]),
+            error=row.get("error") or "",
         ))
     return out
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from configs.schema import ModelConfig, RewardConfig
+from env.errors import DataError
 from env.types import EpisodeState, Sample
 from segmentation.data_sources import EnvDataSources, FrameSource, GtSource, PresenceSource
 from segmentation.features import (FeatureCache, FrameFeatures, frame_key, memory_free_embedding,
@@ -132,7 +133,30 @@ class RewardPoolCore:
         self.version = 0
 
     # ----------------------------------------------------------------------------- scoring
-    def score(self, batch: Sequence[ScoreRequest], return_features: bool = True) -> list[ScoreResult]:
+    def score(self, batch: Sequence[ScoreRequest], return_features: bool = True,
+              required_version: int | None = None) -> list[ScoreResult]:
+        """Score a batch. A trajectory whose data cannot be read gets a result with `error` set
+        instead of failing the batch. With `required_version`, refuse to score on older weights
+        (a restarted actor starts from its initial weights until the learner pushes them again)."""
+        if required_version is not None and self.version < required_version:
+            raise StaleWeightsError(f"reward weights are version {self.version}, the step needs {required_version}")
+        try:
+            return self._score(batch, return_features)
+        except DataError:
+            if len(batch) == 1:
+                raise
+        # Isolate the bad trajectories: score one by one (a rare path; idempotent, so no harm).
+        results = []
+        for req in batch:
+            try:
+                results.extend(self._score([req], return_features))
+            except DataError as exc:
+                results.append(ScoreResult(req.trajectory_id, {}, 0.0, [], list(req.episode.initial_high), [],
+                                           weights_version=self.version, policy_version=req.policy_version,
+                                           error=f"{type(exc).__name__}: {exc}"))
+        return results
+
+    def _score(self, batch: Sequence[ScoreRequest], return_features: bool) -> list[ScoreResult]:
         plans = [self._plan(r) for r in batch]
         embeds = self._project(plans)
         jobs = self._jobs(plans, embeds)
@@ -380,10 +404,11 @@ class SegRewardPoolActor:
         self.core = RewardPoolCore(model_cfg, reward_cfg, hidden_size, frame_source, gt_source,
                                    presence_source, datasets, device, data_cache_dir=data_cache_dir)
 
-    def score(self, batch: list[ScoreRequest], return_features: bool = True) -> list[ScoreResult]:
+    def score(self, batch: list[ScoreRequest], return_features: bool = True,
+              required_version: int | None = None) -> list[ScoreResult]:
         import ray
 
-        results = self.core.score(batch, return_features)
+        results = self.core.score(batch, return_features, required_version)
         refs: dict[str, object] = {}
         for r in results:
             for key, value in r.features.items():
@@ -400,6 +425,11 @@ class SegRewardPoolActor:
 
     def version(self) -> int:
         return self.core.version
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def status(self) -> PoolStatus:
         return self.core.status()
@@ -442,8 +472,8 @@ class RewardPool:
         return parts
 
     def score(self, batch: Sequence[ScoreRequest], return_features: bool = True,
-              timeout_s: float | None = None) -> list[ScoreResult]:
-        return self._scatter("score", batch, timeout_s, return_features)
+              timeout_s: float | None = None, required_version: int | None = None) -> list[ScoreResult]:
+        return self._scatter("score", batch, timeout_s, return_features, required_version)
 
     def predict(self, batch: Sequence[ScoreRequest], timeout_s: float | None = None) -> list[np.ndarray]:
         return self._scatter("predict", batch, timeout_s)

@@ -56,6 +56,9 @@ class ScoreResult:
     features: dict[str, Any] = field(default_factory=dict)
     weights_version: int = 0
     policy_version: int = -1
+    # Set when this trajectory could not be scored (its data is unusable: bad annotation, unreadable
+    # frames). The other trajectories of the batch are scored normally; the driver quarantines it.
+    error: str | None = None
 
 
 @dataclass

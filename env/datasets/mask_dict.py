@@ -44,12 +44,12 @@ def normalise_expression(raw: Any, where: str) -> dict:
         raise AnnotationError(f"{where}: missing or empty 'exp' text")
     try:
         obj_ids = tuple(int(o) for o in _as_list(raw.get("obj_id")))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise AnnotationError(f"{where}: obj_id {raw.get('obj_id')!r} is not a list of integers") from exc
     anno_ids = tuple(str(a) for a in _as_list(raw.get("anno_id")))
     try:
         type_id = int(raw.get("type_id", 0))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise AnnotationError(f"{where}: type_id {raw.get('type_id')!r} is not an integer") from exc
     return {"exp": text.strip(), "obj_ids": obj_ids, "anno_ids": anno_ids, "type_id": type_id}
 
@@ -85,9 +85,16 @@ class MaskDictDataset(Dataset):
                 log.warning("dataset %s: video '%s' has no frame list; left out", name, vid)
                 self.skipped.append((make_sample_id(name, vid, "*"), "video has no frame list"))
                 continue
-            self._videos[vid] = VideoInfo(vid, [str(f) for f in video["frames"]],
-                                          int(video.get("height") or 0), int(video.get("width") or 0))
-            exps = video.get("expressions") or {}
+            try:
+                height, width = int(video.get("height") or 0), int(video.get("width") or 0)
+                exps = video.get("expressions") or {}
+                if not isinstance(exps, (dict, list)):
+                    raise TypeError(f"'expressions' is a {type(exps).__name__}")
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.warning("dataset %s: video '%s' has a malformed entry (%s); left out", name, vid, exc)
+                self.skipped.append((make_sample_id(name, vid, "*"), f"malformed video entry: {exc}"))
+                continue
+            self._videos[vid] = VideoInfo(vid, [str(f) for f in frames], height, width)
             self._expressions[vid] = exps if isinstance(exps, dict) else dict(enumerate(exps))
 
     # ---------------------------------------------------------------------------- masks

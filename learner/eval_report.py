@@ -1,0 +1,186 @@
+"""The pure part of evaluation: masks to a Sa2VA-style results.json, J/F per expression, summaries.
+
+No Ray and no models here, so every number of a report can be checked in unit tests:
+
+    results.json   {video: {exp_id: {"prediction_masks": [RLE per frame], ...}}}  (0/1 masks, full
+                   resolution, every frame of the video; METRICS_AND_FORMATS.md section 1.6)
+    expression     J and F: temporal means over every frame (absent-target frames included)
+    dataset        "mean" over expressions; ReVOS-style referring (type 0) / reasoning (type 1) /
+                   overall = mean of the two when the dataset has both types; Ref-SAV long / short /
+                   overall; "headline" is the overall when there is one, else the mean
+    episodes       turns, format validity, answered, keyframe correctness, RL reward and its terms
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from segmentation.evaluation import ExpressionScore, mean_over_expressions, revos_summary
+from segmentation.masks import decode_rle, encode_rle
+from segmentation.metrics import jf_mean, sequence_jf
+
+# Formats whose type_id means long (0) / short (1) instead of referring / reasoning.
+LONG_SHORT_FORMATS = ("refsav",)
+# Formats scored as a plain mean over expressions only (no type split exists).
+MEAN_ONLY_FORMATS = ("mevis",)
+
+
+# ------------------------------------------------------------------------------ results.json
+def results_entry(masks: np.ndarray, **extra) -> dict:
+    """One expression's entry: an RLE of the 0/1 mask of every frame, plus free-form extras."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (frames, H, W), got shape {masks.shape}")
+    return {"prediction_masks": [encode_rle(m) for m in masks], **extra}
+
+
+def entry_masks(entry: dict) -> np.ndarray:
+    """The (frames, H, W) bool masks of a results.json entry."""
+    return np.stack([decode_rle(r) for r in entry["prediction_masks"]])
+
+
+def write_results(path: str | Path, results: dict[str, dict[str, dict]]) -> Path:
+    """Write {video: {exp_id: entry}} atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results))
+    tmp.replace(path)
+    return path
+
+
+def add_result(results: dict, video: str, exp_id: str, entry: dict) -> None:
+    per_video = results.setdefault(video, {})
+    if exp_id in per_video:
+        raise ValueError(f"two predictions for {video}/{exp_id}")
+    per_video[exp_id] = entry
+
+
+# ------------------------------------------------------------------------------ J and F
+def expression_score(video: str, exp_id: str, gt: np.ndarray, pred: np.ndarray,
+                     type_id: int | None = None) -> ExpressionScore:
+    """Temporal means of J and F over every frame (gt, pred: (frames, H, W))."""
+    gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
+    if gt.shape != pred.shape:
+        raise ValueError(f"{video}/{exp_id}: prediction {pred.shape} and ground truth {gt.shape} differ")
+    j, f = sequence_jf(gt, pred)
+    return ExpressionScore(video, str(exp_id), float(j.mean()), float(f.mean()), type_id)
+
+
+def _split_summary(scores: list[ExpressionScore], names: tuple[str, str]) -> dict:
+    parts = {name: mean_over_expressions([s for s in scores if s.type_id == t]) for t, name in enumerate(names)}
+    present = [m for m in parts.values() if m["count"]]
+    overall = {"J": None, "F": None, "J&F": None}
+    if present:
+        for k in ("J", "F"):
+            overall[k] = float(np.mean([m[k] for m in present]))
+        overall["J&F"] = jf_mean(overall["J"], overall["F"])
+    return {**parts, "overall": overall}
+
+
+def dataset_summary(fmt: str, scores: list[ExpressionScore]) -> dict:
+    """The aggregates a paper reports for this kind of dataset (see the module docstring)."""
+    out: dict = {"mean": mean_over_expressions(scores)}
+    types = {s.type_id for s in scores}
+    if fmt in LONG_SHORT_FORMATS:
+        out.update(_split_summary(scores, ("long", "short")))
+    elif fmt not in MEAN_ONLY_FORMATS and 1 in types:
+        out.update(revos_summary(scores))
+    headline = out.get("overall", {}).get("J&F")
+    out["headline_J&F"] = headline if headline is not None else out["mean"]["J&F"]
+    return out
+
+
+# ----------------------------------------------------------------------------- episodes
+@dataclass
+class EpisodeOutcome:
+    """What one greedy episode did, for the report (one per evaluated sample)."""
+
+    sample_id: str
+    dataset: str
+    video_id: str
+    exp_id: str
+    type_id: int
+    turns: int
+    end_reason: str
+    format_valid: bool  # every turn parses (as the training metric episode/format_ok)
+    answered: bool  # the episode ended with an <answer>
+    final_keyframe: int  # where the last [SEG] was placed for propagation
+    chose_keyframe: bool  # some turn parsed, so the model named a keyframe at all
+    keyframe_correct: bool | None  # the target is visible on the final keyframe (None: presence unknown)
+    has_seg: bool  # a [SEG] state reached the propagation
+    reward: float | None = None
+    reward_terms: dict = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
+    J: float | None = None
+    F: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def episode_outcome(traj, final_keyframe: int, has_seg: bool, reward=None) -> EpisodeOutcome:
+    """Summarise a finished trajectory (rollout.trajectory.Trajectory); `reward` is a ScoreResult."""
+    sample = traj.sample
+    records = [t.record for t in traj.turns]
+    parsed = [r for r in records if r.action is not None and r.error is None]
+    presence = tuple(sample.presence)
+    correct = None
+    if presence:
+        correct = bool(parsed) and bool(presence[final_keyframe])
+    return EpisodeOutcome(
+        sample_id=sample.sample_id, dataset=sample.dataset, video_id=sample.video_id, exp_id=sample.exp_id,
+        type_id=int(sample.type_id), turns=len(records), end_reason=str(traj.end_reason),
+        format_valid=bool(records) and all(r.error is None for r in records),
+        answered=str(traj.end_reason) == "answer", final_keyframe=int(final_keyframe),
+        chose_keyframe=bool(parsed), keyframe_correct=correct, has_seg=bool(has_seg),
+        reward=None if reward is None else float(reward.total),
+        reward_terms={} if reward is None else {k: float(v) for k, v in reward.terms.items()},
+        texts=[r.text for r in records])
+
+
+def _rate(flags: Iterable) -> float | None:
+    values = [float(bool(x)) for x in flags if x is not None]
+    return float(np.mean(values)) if values else None
+
+
+def episode_summary(outcomes: Sequence[EpisodeOutcome]) -> dict:
+    """Means over episodes; rates are fractions in [0, 1]."""
+    n = len(outcomes)
+    out: dict = {
+        "episodes": n,
+        "avg_turns": float(np.mean([o.turns for o in outcomes])) if n else None,
+        "format_valid_rate": _rate(o.format_valid for o in outcomes),
+        "answered_rate": _rate(o.answered for o in outcomes),
+        "keyframe_correct_rate": _rate(o.keyframe_correct for o in outcomes),
+        "seg_rate": _rate(o.has_seg for o in outcomes),
+        "end_reasons": {r: sum(o.end_reason == r for o in outcomes) for r in sorted({o.end_reason for o in outcomes})},
+    }
+    rewards = [o.reward for o in outcomes if o.reward is not None]
+    out["mean_reward"] = float(np.mean(rewards)) if rewards else None
+    terms = sorted({t for o in outcomes for t in o.reward_terms})
+    out["reward_terms"] = {t: float(np.mean([o.reward_terms[t] for o in outcomes if t in o.reward_terms]))
+                           for t in terms}
+    return out
+
+
+def overall_summary(per_dataset: dict[str, dict], outcomes: Sequence[EpisodeOutcome]) -> dict:
+    """Across datasets: episode means over all samples, J&F as the mean of the datasets' headlines."""
+    heads = [d["scores"]["headline_J&F"] for d in per_dataset.values() if d["scores"]["headline_J&F"] is not None]
+    return {**episode_summary(outcomes), "J&F": float(np.mean(heads)) if heads else None}
+
+
+def spread_subset(ids: Sequence[str], count: int | None) -> list[str]:
+    """`count` ids evenly spread over the sorted list (all when count is None or large enough).
+
+    Evenly spread rather than the first N: the first N would come from a few videos only."""
+    ids = sorted(ids)
+    if count is None or count >= len(ids):
+        return ids
+    picks = np.linspace(0, len(ids) - 1, count).round().astype(int)
+    return [ids[i] for i in dict.fromkeys(picks.tolist())]
