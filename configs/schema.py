@@ -302,7 +302,47 @@ class EvalConfig(Section):
     keyframe_pixels: int = Field(512 * QWEN_UNIT, ge=QWEN_UNIT)
     max_turns: int = Field(3, ge=1)
     every_steps: int = Field(0, ge=0, description="evaluate during training every N steps; 0 = never")
-    max_samples: int | None = Field(None, ge=1)
+    max_samples: int | None = Field(
+        None, ge=1, description="per evaluation dataset: score this many samples, evenly spread over its "
+        "sorted sample ids (None = all)")
+    output_dir: Path = Field(Path("runs/eval"), description="where `learner.evaluate` writes results and reports")
+    compute_rewards: bool = Field(
+        True, description="also score the greedy episodes with the RL reward (mean reward in the report)")
+
+
+class SFTConfig(Section):
+    """Cold-start supervised training on VTS-CoT trajectories (`python -m learner.sft`).
+
+    The optimizer, precision and ZeRO settings come from `learner`; the fields here replace the RL
+    schedule (lr, steps) and set the two losses."""
+
+    trajectories: Path | None = Field(
+        None, description="VTS-CoT file (.jsonl or .json); its sample ids must name datasets of data.train")
+    output_dir: Path = Field(Path("runs/sft"), description="metrics.jsonl, config.yaml and the policy/ dir")
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    batch_size: int = Field(8, ge=1, description="trajectories per optimizer step")
+    lr: float = Field(1e-4, gt=0, lt=1)
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    lm_loss_weight: float = Field(1.0, ge=0, description="token-mean cross-entropy on assistant tokens")
+    mask_loss_weight: float = Field(1.0, ge=0, description="BCE + Dice of every [SEG]'s mask")
+    mask_on_seen_keyframe: bool = Field(
+        True, description="besides the keyframe a turn writes, supervise its [SEG] on the keyframe it was "
+        "looking at (the frame the RL reward judges it on)")
+    validate_every: int = Field(0, ge=0, description="greedy first turns on data.eval prompts every N steps "
+                                                     "(0 = only before and after training when data.eval is set)")
+    validate_samples: int = Field(16, ge=1, description="prompts in the validation probe")
+    validate_max_new_tokens: int = Field(160, ge=8)
+    log_every: int = Field(10, ge=1)
+    strict_frames: bool = Field(
+        False, description="a record whose shown frames differ from what this env config shows is an "
+        "error (default: it is skipped with a warning)")
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "SFTConfig":
+        if self.lm_loss_weight == 0 and self.mask_loss_weight == 0:
+            raise ValueError("lm_loss_weight and mask_loss_weight are both 0: nothing to train")
+        return self
 
 
 class RunConfig(Section):
@@ -330,6 +370,7 @@ class Config(Section):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
