@@ -73,6 +73,8 @@ def test_sqlite_ledger_exactly_once_and_rollback(tmp_path):
 def test_redis_ledger_matches_sqlite_semantics(redis_server):
     from learner.ledger import RedisLedger
 
+    # the server is shared by the session's Redis tests: only keys this ledger adds count
+    before = set(redis_server.client().keys("*"))
     led = RedisLedger(redis_server.url, prefix="test:ledger:", run_name="r1")
     led.begin(0, 0, ["a", "b"], 0)
     led.commit(0, 0, ["a", "b"])
@@ -83,7 +85,8 @@ def test_redis_ledger_matches_sqlite_semantics(redis_server):
     assert [s for s, _, _ in led.consumed()] == ["a", "b"]
     led.record_event(1, "fault", {"role": "rollout"})
     assert led.events("fault")[0][0] == 1
-    assert all(k.startswith(b"test:ledger:") for k in redis_server.client().keys("*"))
+    added = set(redis_server.client().keys("*")) - before
+    assert added and all(k.startswith(b"test:ledger:") for k in added)
 
 
 def test_run_dir_latest_prune_and_metrics_truncation(tmp_path):
