@@ -64,6 +64,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not parseable: {exc}") from None
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+        # `prefix=run:` or `x=- a` would read as block YAML; on a command line they mean the text.
+        # Mappings and lists are given in flow style: key={a: 1} or key=[1, 2].
+        value = raw.strip()
     return [k.strip() for k in keys], value
 
 

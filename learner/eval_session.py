@@ -49,7 +49,7 @@ def policy_lm_tensors(policy_dir: str | Path):
     """(name, tensor) of the HF weights in a policy directory, checkpoint names as saved."""
     from safetensors import safe_open
 
-    files = sorted(p for p in Path(policy_dir).glob("*.safetensors") if p.name != "videoseg_heads.safetensors")
+    files = sorted(Path(policy_dir).glob("*.safetensors"))  # the heads live in a subdirectory
     if not files:
         raise FileNotFoundError(f"{policy_dir} holds no safetensors weights")
     for path in files:

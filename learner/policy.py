@@ -3,7 +3,7 @@ mask decoder (METHOD.md section 1). SAM2's image encoder and memory stay frozen 
 keyframe features arrive from there.
 
 Checkpoint layout (a directory): the HF policy (config, weights, tokenizer, processor; loads in
-transformers and vLLM) plus `videoseg_heads.safetensors` holding the projector, prompt encoder and
+transformers and vLLM) plus `videoseg_heads/heads.safetensors` holding the projector, prompt encoder and
 mask decoder under the same prefixes the reward pool uses.
 """
 
@@ -24,7 +24,9 @@ from segmentation.seg_head import SegProjector, build_projector
 
 log = logging.getLogger(__name__)
 
-HEADS_FILE = "videoseg_heads.safetensors"
+# In a subdirectory: vLLM's loader reads every top-level *.safetensors of a model directory and
+# rejects names that are not in the HF model (projector, prompt encoder, mask decoder).
+HEADS_FILE = "videoseg_heads/heads.safetensors"
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -218,6 +220,7 @@ def save_policy(policy: SegPolicy, out_dir: str | Path, source_dir: str | Path,
                 and f.name != "model.safetensors.index.json":
             shutil.copy2(f, tmp / f.name)
     heads = heads_state if heads_state is not None else policy.head_state_dict()
+    (tmp / HEADS_FILE).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(tmp / HEADS_FILE))
     (tmp / "videoseg_policy.json").write_text(json.dumps({"seg_token_id": policy.seg_token_id}))
     shutil.rmtree(out_dir, ignore_errors=True)

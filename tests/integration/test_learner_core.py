@@ -149,3 +149,11 @@ def test_exported_policy_loads_back(world, tmp_path):
     again = build_policy(cfg.model, out)
     for k, v in core.head_weights().items():
         assert torch.equal(again.head_state_dict()[k], v)
+    # vLLM loads every top-level *.safetensors and refuses names outside the HF model, so the
+    # heads must not sit among them (an exported SFT policy once failed to start the rollout)
+    from learner.eval_session import policy_lm_tensors
+
+    saved = {n for n, _ in policy_lm_tensors(out)}
+    assert len(saved) == len(core.module.lm.state_dict())
+    assert all(n.startswith(("model.", "lm_head.", "visual.")) for n in saved)
+    assert saved.isdisjoint(core.head_weights())

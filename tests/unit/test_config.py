@@ -61,6 +61,12 @@ def test_dotted_overrides_parse_yaml_values():
     assert cfg.rollout.sampling.temperature == 0.5 and cfg.learner.adam_betas == (0.9, 0.95)
 
 
+def test_text_that_looks_like_block_yaml_stays_text():
+    # a Redis key prefix ends with ':'; block YAML would read it as a one-key mapping
+    cfg = load_config(overrides=["cluster.ledger_key_prefix=vso3:test:", "run.name=- x"])
+    assert cfg.cluster.ledger_key_prefix == "vso3:test:" and cfg.run.name == "- x"
+
+
 def test_override_list_of_datasets():
     cfg = load_config(overrides=["data.train=[{name: r, format: revos, root: /d, weight: 2}]"])
     assert cfg.data.train[0].format == "revos" and cfg.data.train[0].weight == 2
