@@ -383,6 +383,74 @@ class LearnerCore:
         sums["train_seconds"] = time.time() - started
         return sums
 
+    # ----------------------------------------------------------------------- SFT step
+    def sft_step(self, trajs: list[Trajectory], targets: list[list[list[tuple[str, np.ndarray]]]],
+                 features: dict[str, dict], lm_weight: float = 1.0, mask_weight: float = 1.0) -> dict:
+        """One supervised optimizer step (cold start on VTS-CoT): token-mean cross-entropy on the
+        assistant tokens (loss mask 1) plus the mean BCE + Dice of every turn's [SEG] mask.
+
+        `targets[i][turn]` lists (feature key, ground-truth mask) pairs for that turn's [SEG];
+        `features[key]` holds the frame's decode-ready SAM2 features (RewardPoolCore.export_features).
+        The normalisers cover the whole batch, so micro-batching does not change the loss."""
+        module = self.module
+        module.train()
+        groups = self._micro_batches(trajs)
+        n_tokens = max(1, sum(t.num_generated for t in trajs))
+        n_masks = max(1, sum(len(pairs) for per_turn in targets for pairs in per_turn))
+        sums = {"lm_loss": 0.0, "mask_loss": 0.0, "correct": 0.0, "tokens": 0.0, "masks": 0.0}
+        for g, index in enumerate(groups):
+            mb = self._collate(trajs, index)
+            hidden = self._hidden(module, mb)
+            sel = mb.loss_mask.bool().clone()
+            sel[:, 0] = False
+            b, t = sel.nonzero(as_tuple=True)
+            logits = module.lm.lm_head(hidden[b, t - 1]).float()
+            labels = mb.input_ids[b, t]
+            nll = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+            loss = lm_weight * nll / n_tokens
+            keys, rows, gts = [], [], []
+            for k, (ti, turn) in enumerate(mb.seg_turns):
+                for key, gt in targets[ti][turn]:
+                    keys.append(key)
+                    rows.append(k)
+                    gts.append(gt)
+            mask_sum = torch.zeros((), device=self.device)
+            if keys and mask_weight > 0:
+                embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)[torch.tensor(rows, device=self.device)]
+                logits_m = self._decode_on_frames(embeds, keys, features)
+                for j, gt in enumerate(gts):
+                    target = torch.as_tensor(np.asarray(gt, dtype=np.float32), device=self.device)
+                    mask_sum = mask_sum + bce_dice_loss(logits_m[j:j + 1], target[None])[0]
+                loss = loss + mask_weight * mask_sum / n_masks
+            self.engine.set_gradient_accumulation_boundary(g == len(groups) - 1)
+            self.engine.backward(loss)
+            sums["lm_loss"] += float(nll.detach()) / n_tokens
+            sums["mask_loss"] += float(mask_sum.detach()) / n_masks
+            sums["correct"] += float((logits.argmax(-1) == labels).sum())
+            sums["tokens"] += float(len(labels))
+            sums["masks"] += float(len(keys))
+        self.engine.step()
+        self.updates += 1
+        return {"lm_loss": sums["lm_loss"], "mask_loss": sums["mask_loss"],
+                "token_accuracy": sums["correct"] / max(sums["tokens"], 1.0), "tokens": sums["tokens"],
+                "masks": sums["masks"], "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                "lr": float(self.scheduler.get_last_lr()[0])}
+
+    def _decode_on_frames(self, embeds: torch.Tensor, keys: list[str], features: dict[str, dict]) -> torch.Tensor:
+        """Mask logits of embeds[j] on frame keys[j]; each distinct frame's features loaded once."""
+        pos = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        loaded = [{k: torch.as_tensor(v).to(self.device, self.dtype) for k, v in features[key].items()}
+                  for key in pos]
+        idx = torch.tensor([pos[k] for k in keys], device=self.device)
+        feats = {IMAGE_EMBED: torch.cat([f[IMAGE_EMBED] for f in loaded])[idx]}
+        hr_index = None
+        if HIGH_RES_S0 in loaded[0]:
+            feats[HIGH_RES_S0] = torch.cat([f[HIGH_RES_S0] for f in loaded])
+            feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])
+            hr_index = idx
+        with self._autocast():
+            return self.module.decode_masks(embeds, feats, hr_index)
+
     # ------------------------------------------------------------------------- weights
     def _gathered(self, named):
         if self.cfg.learner.zero_stage == 3:

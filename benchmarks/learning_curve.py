@@ -1,0 +1,202 @@
+"""Evidence that the loop learns: a tiny policy through cold-start SFT then GRPO, over several seeds.
+
+    python -m benchmarks.learning_curve [--seeds 0 1 2] [--sft-steps N] [--rl-steps N] [--quick]
+
+Per seed, on synthetic videos (CPU, tiny models, the debug preset otherwise):
+  1. oracle VTS-CoT trajectories of the training videos (env.vtscot_oracle, seeded turn mix);
+  2. SFT from the tiny random policy (learner.sft, seeded batch order);
+  3. GRPO from the SFT policy (`python -m learner.main` as a subprocess, as a user runs it).
+Then one evaluation session (learner.evaluate, greedy, weights swapped per policy) scores the
+random policy, every SFT policy and every RL policy on held-out synthetic videos that no stage
+trained on. Written to --out: learning_curve.json (every number, the command, machine facts) and
+learning_curve.png (held-out metrics per stage as mean +- std over seeds; the RL training reward
+per step). The seeds share the random initial policy (it is built deterministically) and differ in
+the oracle's turn mix, the SFT batch order and the RL sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS, machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = "{name: synthetic, format: synthetic, videos: %d, seed: 0, frames_per_video: 24}"
+HELD_OUT = "{name: heldout, format: synthetic, videos: %d, seed: 1000, frames_per_video: 24}"
+METRICS = {"mean_reward": "mean reward", "format_valid_rate": "format-valid rate",
+           "keyframe_correct_rate": "keyframe-correct rate", "J&F": "J&F"}
+STAGES = ("base", "sft", "rl")
+
+
+def _log(msg: str) -> None:
+    print(f"[learning_curve {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def make_oracle_data(train: str, out: Path, seed: int) -> Path:
+    from env.vtscot_oracle import main as oracle_main
+
+    path = out / f"oracle_seed{seed}.jsonl"
+    if oracle_main(["--out", str(path), "--seed", str(seed), f"data.train=[{train}]"]) != 0:
+        raise RuntimeError("the oracle wrote no trajectories")
+    return path
+
+
+def run_sft_stage(train: str, oracle: Path, out: Path, seed: int, steps: int, lr: float) -> Path:
+    from configs import load_config
+    from learner.sft import run_sft
+
+    cfg = load_config("debug_cpu", [f"data.train=[{train}]", f"sft.trajectories={oracle}",
+                                    f"sft.output_dir={out}", f"sft.steps={steps}", f"sft.lr={lr}",
+                                    "sft.batch_size=8", f"run.seed={seed}"])
+    summary = run_sft(cfg)
+    _log(f"SFT seed {seed}: lm loss {summary['first_step']['lm_loss']:.3f} -> {summary['last_step']['lm_loss']:.3f}, "
+         f"{summary['seconds']:.0f} s")
+    return Path(summary["policy"])
+
+
+def run_rl_stage(train: str, policy: Path, out: Path, seed: int, steps: int, lr: float,
+                 prompts_per_step: int) -> list[dict]:
+    """GRPO from `policy` as a user runs it; returns the per-step metrics."""
+    cmd = [sys.executable, "-m", "learner.main", "--preset", "debug_cpu", f"model.policy={policy}",
+           f"data.train=[{train}]", f"run.output_dir={out}", f"run.steps={steps}", f"run.seed={seed}",
+           f"run.checkpoint_every={steps}", f"learner.lr={lr}", f"learner.prompts_per_step={prompts_per_step}"]
+    t0 = time.time()
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise RuntimeError(f"RL run failed (exit {rc}); see {out.parent / (out.name + '.log')}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    _log(f"RL seed {seed}: reward {rows[0]['reward/mean']:.3f} -> {rows[-1]['reward/mean']:.3f}, "
+         f"{time.time() - t0:.0f} s")
+    return rows
+
+
+def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Path, max_samples: int) -> dict[str, dict]:
+    from configs import load_config
+    from learner.evaluate import evaluate
+
+    cfg = load_config("debug_cpu", [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}"])
+    return evaluate(cfg, policies, out)
+
+
+def stage_stats(reports: dict[str, dict], seeds: list[int]) -> dict:
+    """Per stage and metric: the values per seed, mean and (population) std."""
+    out = {}
+    for stage in STAGES:
+        tags = ["base"] if stage == "base" else [f"{stage}_s{s}" for s in seeds]
+        out[stage] = {}
+        for key in METRICS:
+            values = [reports[t]["overall"][key] for t in tags]
+            values = [float(v) if v is not None else float("nan") for v in values]
+            out[stage][key] = {"values": values, "mean": float(np.nanmean(values)), "std": float(np.nanstd(values))}
+    return out
+
+
+def plot(stats: dict, rl_curves: dict[int, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [3, 1.4, 2.2]})
+    labels = ["random", "SFT", "SFT + RL"]
+    x = np.arange(len(STAGES))
+    rates = [k for k in METRICS if k != "mean_reward"]
+    width = 0.8 / len(rates)
+    for i, key in enumerate(rates):
+        means = [stats[s][key]["mean"] for s in STAGES]
+        stds = [stats[s][key]["std"] for s in STAGES]
+        axes[0].bar(x + (i - (len(rates) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=METRICS[key])
+    axes[0].set_xticks(x, labels)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_title("held-out videos, greedy (mean +- std over seeds)")
+    axes[0].legend(fontsize=8)
+    axes[1].errorbar(x, [stats[s]["mean_reward"]["mean"] for s in STAGES],
+                     yerr=[stats[s]["mean_reward"]["std"] for s in STAGES], marker="o", capsize=4)
+    axes[1].set_xticks(x, labels)
+    axes[1].set_title("held-out mean reward")
+    for seed, rows in rl_curves.items():
+        axes[2].plot([r["step"] for r in rows], [r["reward/mean"] for r in rows], marker=".", label=f"seed {seed}")
+    axes[2].set_xlabel("RL step")
+    axes[2].set_ylabel("mean training reward (sampled episodes)")
+    axes[2].set_title("GRPO from the SFT policy")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.learning_curve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--train-videos", type=int, default=12, help="about 9 expressions each")
+    ap.add_argument("--held-out-videos", type=int, default=6)
+    ap.add_argument("--eval-samples", type=int, default=32, help="held-out expressions, evenly spread")
+    ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--sft-lr", type=float, default=1e-3)
+    ap.add_argument("--rl-steps", type=int, default=16)
+    ap.add_argument("--rl-lr", type=float, default=5e-5)
+    ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few videos")
+    ap.add_argument("--work", default=str(REPO / "runs" / "learning_curve"), help="where runs are written")
+    ap.add_argument("--out", default=str(RESULTS), help="where learning_curve.json/.png go")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.sft_steps, args.rl_steps = args.seeds[:1], 4, 2
+        args.train_videos, args.held_out_videos, args.eval_samples = 2, 1, 4
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work, out = Path(args.work).resolve(), Path(args.out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    train, held_out = TRAIN % args.train_videos, HELD_OUT % args.held_out_videos
+    started = time.time()
+
+    sft_policies, rl_runs, rl_curves = {}, {}, {}
+    for seed in args.seeds:
+        oracle = make_oracle_data(train, work, seed)
+        sft_policies[seed] = run_sft_stage(train, oracle, work / f"sft_s{seed}", seed, args.sft_steps, args.sft_lr)
+        rl_runs[seed] = work / f"rl_s{seed}"
+        rl_curves[seed] = run_rl_stage(train, sft_policies[seed], rl_runs[seed], seed, args.rl_steps, args.rl_lr,
+                                       args.rl_prompts)
+    policies = [("base", "tiny-qwen2.5-vl")]
+    policies += [(f"sft_s{s}", sft_policies[s]) for s in args.seeds]
+    policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
+    _log(f"evaluating {len(policies)} policies on held-out videos")
+    reports = evaluate_all(held_out, policies, work / "eval", args.eval_samples)
+    stats = stage_stats(reports, args.seeds)
+
+    name = "learning_curve_quick" if args.quick else "learning_curve"
+    result = {
+        "command": "python -m benchmarks.learning_curve " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "seconds": time.time() - started,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
+        "train_data": train, "held_out_data": held_out,
+        "held_out": stats,
+        "rl_training_reward": {str(s): [{"step": r["step"], "reward/mean": r["reward/mean"],
+                                         "episode/format_ok": r.get("episode/format_ok"),
+                                         "iou/video_last": r.get("iou/video_last")} for r in rows]
+                               for s, rows in rl_curves.items()},
+        "per_policy": {tag: {k: r["overall"][k] for k in (*METRICS, "avg_turns", "answered_rate")}
+                       for tag, r in reports.items()},
+    }
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    plot(stats, rl_curves, out / f"{name}.png")
+    for stage in STAGES:
+        line = ", ".join(f"{label} {stats[stage][k]['mean']:.3f} +- {stats[stage][k]['std']:.3f}"
+                         for k, label in METRICS.items())
+        _log(f"{stage}: {line}")
+    _log(f"wrote {out / (name + '.json')} and .png in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
