@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few videos")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse finished SFT policies and RL runs found under --work (same settings assumed)")
     ap.add_argument("--work", default=str(REPO / "runs" / "learning_curve"), help="where runs are written")
     ap.add_argument("--out", default=str(RESULTS), help="where learning_curve.json/.png go")
     args = ap.parse_args(argv)
@@ -162,11 +164,23 @@ def main(argv=None) -> int:
 
     sft_policies, rl_runs, rl_curves = {}, {}, {}
     for seed in args.seeds:
-        oracle = make_oracle_data(train, work, seed)
-        sft_policies[seed] = run_sft_stage(train, oracle, work / f"sft_s{seed}", seed, args.sft_steps, args.sft_lr)
-        rl_runs[seed] = work / f"rl_s{seed}"
-        rl_curves[seed] = run_rl_stage(train, sft_policies[seed], rl_runs[seed], seed, args.rl_steps, args.rl_lr,
-                                       args.rl_prompts)
+        sft_dir, rl_dir = work / f"sft_s{seed}", work / f"rl_s{seed}"
+        if args.reuse and (sft_dir / "policy" / "config.json").is_file():
+            sft_policies[seed] = sft_dir / "policy"
+            _log(f"SFT seed {seed}: reusing {sft_policies[seed]}")
+        else:
+            oracle = make_oracle_data(train, work, seed)
+            sft_policies[seed] = run_sft_stage(train, oracle, sft_dir, seed, args.sft_steps, args.sft_lr)
+        rl_runs[seed] = rl_dir
+        done = sorted(p for p in (rl_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists()) \
+            if (rl_dir / "checkpoints").is_dir() else []
+        if args.reuse and len(done) and (rl_dir / "metrics.jsonl").is_file():
+            rl_curves[seed] = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()
+                               if line.strip()]
+            _log(f"RL seed {seed}: reusing {rl_dir} ({len(rl_curves[seed])} steps)")
+        else:
+            rl_curves[seed] = run_rl_stage(train, sft_policies[seed], rl_dir, seed, args.rl_steps, args.rl_lr,
+                                           args.rl_prompts)
     policies = [("base", "tiny-qwen2.5-vl")]
     policies += [(f"sft_s{s}", sft_policies[s]) for s in args.seeds]
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
