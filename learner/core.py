@@ -299,15 +299,7 @@ class LearnerCore:
                            and key in items[ti].score.features) for key in uniq}
         loaded = [self._features(owner[key], key) for key in uniq]
         idx = torch.tensor([uniq[key] for key in jobs_feat], device=self.device)
-        feats = {IMAGE_EMBED: torch.cat([f[IMAGE_EMBED] for f in loaded])[idx]}
-        hr_index = None
-        if HIGH_RES_S0 in loaded[0]:
-            # High-res maps stay one per distinct frame; the decoder indexes them (see decode_masks).
-            feats[HIGH_RES_S0] = torch.cat([f[HIGH_RES_S0] for f in loaded])
-            feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])
-            hr_index = idx
-        with self._autocast():
-            logits = module.decode_masks(embeds[torch.tensor(jobs_embed, device=self.device)], feats, hr_index)
+        logits = self._decode_indexed(module, embeds[torch.tensor(jobs_embed, device=self.device)], loaded, idx)
         calib_rows, aux_losses = [], []
         for j, (kind, target) in enumerate(jobs_target):
             target = target.to(self.device)
@@ -442,14 +434,19 @@ class LearnerCore:
         loaded = [{k: torch.as_tensor(v).to(self.device, self.dtype) for k, v in features[key].items()}
                   for key in pos]
         idx = torch.tensor([pos[k] for k in keys], device=self.device)
+        return self._decode_indexed(self.module, embeds, loaded, idx)
+
+    def _decode_indexed(self, module, embeds: torch.Tensor, loaded: list[dict], idx: torch.Tensor) -> torch.Tensor:
+        """Mask logits of embeds[j] on the frame whose features are loaded[idx[j]]."""
         feats = {IMAGE_EMBED: torch.cat([f[IMAGE_EMBED] for f in loaded])[idx]}
         hr_index = None
         if HIGH_RES_S0 in loaded[0]:
+            # High-res maps stay one per distinct frame; the decoder indexes them (see decode_masks).
             feats[HIGH_RES_S0] = torch.cat([f[HIGH_RES_S0] for f in loaded])
             feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])
             hr_index = idx
         with self._autocast():
-            return self.module.decode_masks(embeds, feats, hr_index)
+            return module.decode_masks(embeds, feats, hr_index)
 
     # ------------------------------------------------------------------------- weights
     def _gathered(self, named):

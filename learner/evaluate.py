@@ -57,20 +57,9 @@ def eval_config(cfg: Config) -> Config:
     """The config the evaluation actors get: eval env settings, absolute dataset roots, and the
     evaluation datasets (data.train when data.eval is empty); missing optional datasets dropped."""
     from env.episode import eval_env_config
+    from learner.system import existing_datasets
 
-    specs = list(cfg.data.eval) or list(cfg.data.train)
-    kept = []
-    for spec in specs:
-        if spec.root is None:
-            kept.append(spec)
-            continue
-        root = Path(spec.root).expanduser().resolve()
-        if not root.exists():
-            if spec.optional:
-                log.warning("dataset '%s': root %s does not exist; skipped (optional)", spec.name, root)
-                continue
-            raise FileNotFoundError(f"dataset '{spec.name}': root {root} does not exist")
-        kept.append(spec.model_copy(update={"root": root}))
+    kept = existing_datasets(list(cfg.data.eval) or list(cfg.data.train))
     if not kept:
         raise ValueError("no evaluation dataset is available (data.eval and data.train are empty or missing)")
     data = cfg.data.model_copy(update={"eval": kept})

@@ -51,15 +51,13 @@ def policy_hidden_size(policy_dir: Path) -> int:
     return int((conf.get("text_config") or conf)["hidden_size"])
 
 
-def resolve_paths(cfg: Config) -> Config:
-    """Absolute paths (actors may run in another working directory) and the datasets that exist.
-
-    A missing dataset root is an error, unless the dataset is marked optional: then it is skipped
-    with a warning (the debug preset's DAVIS sample, which lives outside the repository)."""
-    train = []
-    for spec in cfg.data.train:
+def existing_datasets(specs) -> list:
+    """The dataset specs whose roots exist, with absolute roots; a missing optional one is skipped
+    with a warning, a missing required one raises FileNotFoundError."""
+    kept = []
+    for spec in specs:
         if spec.root is None:
-            train.append(spec)
+            kept.append(spec)
             continue
         root = Path(spec.root).expanduser().resolve()
         if not root.exists():
@@ -67,7 +65,16 @@ def resolve_paths(cfg: Config) -> Config:
                 log.warning("dataset '%s': root %s does not exist; skipped (optional)", spec.name, root)
                 continue
             raise FileNotFoundError(f"dataset '{spec.name}': root {root} does not exist")
-        train.append(spec.model_copy(update={"root": root}))
+        kept.append(spec.model_copy(update={"root": root}))
+    return kept
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Absolute paths (actors may run in another working directory) and the datasets that exist.
+
+    A missing dataset root is an error, unless the dataset is marked optional: then it is skipped
+    with a warning (the debug preset's DAVIS sample, which lives outside the repository)."""
+    train = existing_datasets(cfg.data.train)
     if not train:
         raise ValueError("no training dataset is available (all missing or skipped)")
     model = cfg.model.model_copy(update={"cache_dir": Path(cfg.model.cache_dir).resolve()})
