@@ -3,15 +3,20 @@
     python -m benchmarks.learning_curve [--seeds 0 1 2] [--sft-steps N] [--rl-steps N] [--quick]
 
 Per seed, on synthetic videos (CPU, tiny models, the debug preset otherwise):
-  1. oracle VTS-CoT trajectories of the training videos (env.vtscot_oracle, seeded turn mix);
-  2. SFT from the tiny random policy (learner.sft, seeded batch order);
-  3. GRPO from the SFT policy (`python -m learner.main` as a subprocess, as a user runs it).
+  1. oracle VTS-CoT trajectories of the first --train-videos training videos (env.vtscot_oracle,
+     seeded turn mix);
+  2. SFT from the tiny random policy on them (learner.sft, seeded batch order);
+  3. GRPO from the SFT policy (`python -m learner.main` as a subprocess, as a user runs it) on a
+     larger prompt pool (--rl-train-videos, which contains the SFT videos), as the method runs RL
+     on more data than its cold-start set.
 Then one evaluation session (learner.evaluate, greedy, weights swapped per policy) scores the
 random policy, every SFT policy and every RL policy on held-out synthetic videos that no stage
-trained on. Written to --out: learning_curve.json (every number, the command, machine facts) and
-learning_curve.png (held-out metrics per stage as mean +- std over seeds; the RL training reward
-per step). The seeds share the random initial policy (it is built deterministically) and differ in
-the oracle's turn mix, the SFT batch order and the RL sampling.
+trained on. By default the held-out episodes use the frame budget the policies trained with
+(--eval-settings train); `--eval-settings eval` uses the preset's larger evaluation budget, which a
+tiny policy has never seen and handles worse. Written to --out: learning_curve.json (every number,
+the command, machine facts) and learning_curve.png (held-out metrics per stage as mean +- std over
+seeds; the RL training reward per step). The seeds share the random initial policy (it is built
+deterministically) and differ in the oracle's turn mix, the SFT batch order and the RL sampling.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ TRAIN = "{name: synthetic, format: synthetic, videos: %d, seed: 0, frames_per_vi
 HELD_OUT = "{name: heldout, format: synthetic, videos: %d, seed: 1000, frames_per_video: 24}"
 METRICS = {"mean_reward": "mean reward", "format_valid_rate": "format-valid rate",
            "keyframe_correct_rate": "keyframe-correct rate", "J&F": "J&F"}
+# Reported per stage but not plotted: IoU between the masks of expressions naming different targets in
+# one video (near 1 when the masks ignore the expression; see learner.eval_report).
+DIAGNOSTICS = {"cross_target_pred_iou": "cross-target mask IoU"}
 STAGES = ("base", "sft", "rl")
+# The eval section's episode settings that have an env (training) counterpart of the same name.
+TRAIN_SETTING_KEYS = ("initial_low_res_frames", "initial_high_res_frames", "keyframe_pixels", "max_turns")
 
 
 def _log(msg: str) -> None:
@@ -79,12 +89,19 @@ def run_rl_stage(train: str, policy: Path, out: Path, seed: int, steps: int, lr:
     return rows
 
 
-def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Path, max_samples: int) -> dict[str, dict]:
+def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Path, max_samples: int,
+                 settings: str) -> dict[str, dict]:
+    """Greedy held-out evaluation of every policy in one session. settings="train" plays the episodes
+    with the frame counts and keyframe budget the policies were trained with (env.*); "eval" uses the
+    preset's larger evaluation budget (eval.*), which a tiny policy has never seen."""
     from configs import load_config
     from learner.evaluate import evaluate
 
-    cfg = load_config("debug_cpu", [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}"])
-    return evaluate(cfg, policies, out)
+    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}"]
+    if settings == "train":
+        env = load_config("debug_cpu").env
+        overrides += [f"eval.{k}={getattr(env, k)}" for k in TRAIN_SETTING_KEYS]
+    return evaluate(load_config("debug_cpu", overrides), policies, out)
 
 
 def stage_stats(reports: dict[str, dict], seeds: list[int]) -> dict:
@@ -93,8 +110,8 @@ def stage_stats(reports: dict[str, dict], seeds: list[int]) -> dict:
     for stage in STAGES:
         tags = ["base"] if stage == "base" else [f"{stage}_s{s}" for s in seeds]
         out[stage] = {}
-        for key in METRICS:
-            values = [reports[t]["overall"][key] for t in tags]
+        for key in (*METRICS, *DIAGNOSTICS):
+            values = [reports[t]["overall"].get(key) for t in tags]
             values = [float(v) if v is not None else float("nan") for v in values]
             out[stage][key] = {"values": values, "mean": float(np.nanmean(values)), "std": float(np.nanstd(values))}
     return out
@@ -138,7 +155,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.learning_curve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--train-videos", type=int, default=12, help="about 9 expressions each")
+    ap.add_argument("--train-videos", type=int, default=12, help="videos the oracle writes SFT data for (~7 each)")
+    ap.add_argument("--rl-train-videos", type=int, default=36,
+                    help="RL prompt pool; its first --train-videos videos are the SFT videos")
     ap.add_argument("--held-out-videos", type=int, default=6)
     ap.add_argument("--eval-samples", type=int, default=32, help="held-out expressions, evenly spread")
     ap.add_argument("--sft-steps", type=int, default=150)
@@ -146,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
+    ap.add_argument("--eval-settings", choices=("train", "eval"), default="train",
+                    help="held-out episodes with the training frame budget (default) or the preset's eval.* budget")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few videos")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse finished SFT policies and RL runs found under --work (same settings assumed)")
@@ -154,12 +175,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.sft_steps, args.rl_steps = args.seeds[:1], 4, 2
-        args.train_videos, args.held_out_videos, args.eval_samples = 2, 1, 4
+        args.train_videos, args.rl_train_videos, args.held_out_videos, args.eval_samples = 2, 3, 1, 4
+    if args.rl_train_videos < args.train_videos:
+        ap.error("--rl-train-videos must be at least --train-videos (the RL pool contains the SFT videos)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    train, held_out = TRAIN % args.train_videos, HELD_OUT % args.held_out_videos
+    train, rl_train, held_out = TRAIN % args.train_videos, TRAIN % args.rl_train_videos, HELD_OUT % args.held_out_videos
     started = time.time()
 
     sft_policies, rl_runs, rl_curves = {}, {}, {}
@@ -179,13 +202,14 @@ def main(argv=None) -> int:
                                if line.strip()]
             _log(f"RL seed {seed}: reusing {rl_dir} ({len(rl_curves[seed])} steps)")
         else:
-            rl_curves[seed] = run_rl_stage(train, sft_policies[seed], rl_dir, seed, args.rl_steps, args.rl_lr,
+            rl_curves[seed] = run_rl_stage(rl_train, sft_policies[seed], rl_dir, seed, args.rl_steps, args.rl_lr,
                                            args.rl_prompts)
     policies = [("base", "tiny-qwen2.5-vl")]
     policies += [(f"sft_s{s}", sft_policies[s]) for s in args.seeds]
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
     _log(f"evaluating {len(policies)} policies on held-out videos")
-    reports = evaluate_all(held_out, policies, work / "eval", args.eval_samples)
+    reports = evaluate_all(held_out, policies, work / f"eval_{args.eval_settings}", args.eval_samples,
+                           args.eval_settings)
     stats = stage_stats(reports, args.seeds)
 
     name = "learning_curve_quick" if args.quick else "learning_curve"
@@ -193,20 +217,20 @@ def main(argv=None) -> int:
         "command": "python -m benchmarks.learning_curve " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "seconds": time.time() - started,
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
-        "train_data": train, "held_out_data": held_out,
+        "train_data": train, "rl_train_data": rl_train, "held_out_data": held_out,
         "held_out": stats,
         "rl_training_reward": {str(s): [{"step": r["step"], "reward/mean": r["reward/mean"],
                                          "episode/format_ok": r.get("episode/format_ok"),
                                          "iou/video_last": r.get("iou/video_last")} for r in rows]
                                for s, rows in rl_curves.items()},
-        "per_policy": {tag: {k: r["overall"][k] for k in (*METRICS, "avg_turns", "answered_rate")}
+        "per_policy": {tag: {k: r["overall"].get(k) for k in (*METRICS, *DIAGNOSTICS, "avg_turns", "answered_rate")}
                        for tag, r in reports.items()},
     }
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     plot(stats, rl_curves, out / f"{name}.png")
     for stage in STAGES:
         line = ", ".join(f"{label} {stats[stage][k]['mean']:.3f} +- {stats[stage][k]['std']:.3f}"
-                         for k, label in METRICS.items())
+                         for k, label in {**METRICS, **DIAGNOSTICS}.items())
         _log(f"{stage}: {line}")
     _log(f"wrote {out / (name + '.json')} and .png in {time.time() - started:.0f} s")
     return 0

@@ -246,6 +246,9 @@ class LearnerConfig(Section):
     calibration: bool = True
     calibration_size: int = Field(32, ge=4, le=256)
     aux_mask_weight: float = Field(0.2, ge=0)
+    score_head_weight: float = Field(
+        1.0, ge=0, description="SAM2's object-score BCE and IoU-prediction MSE, added to every supervised "
+        "mask loss (RL aux, SFT): the heads that gate and pick masks at inference train with the decoder")
     updates_per_batch: int = Field(1, ge=1)
     reference_policy: Literal["frozen_copy", "none"] = "frozen_copy"
     zero_stage: Literal[1, 2, 3] = 2

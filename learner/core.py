@@ -24,7 +24,7 @@ import torch
 
 from configs.schema import Config
 from learner.batching import ImagePieces, MicroBatch, collate, plan_micro_batches
-from learner.losses import LossConfig, LossInputs, bce_dice_loss, grpo_loss, mask_log_likelihood
+from learner.losses import LossConfig, LossInputs, bce_dice_loss, decoder_score_loss, grpo_loss, mask_log_likelihood
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
 from rollout.trajectory import Trajectory
 from segmentation.language_decode import HIGH_RES_S0, HIGH_RES_S1, IMAGE_EMBED
@@ -299,14 +299,15 @@ class LearnerCore:
                            and key in items[ti].score.features) for key in uniq}
         loaded = [self._features(owner[key], key) for key in uniq]
         idx = torch.tensor([uniq[key] for key in jobs_feat], device=self.device)
-        logits = self._decode_indexed(module, embeds[torch.tensor(jobs_embed, device=self.device)], loaded, idx)
+        out = self._decode_indexed(module, embeds[torch.tensor(jobs_embed, device=self.device)], loaded, idx)
+        logits = out.low_res_logits[:, 0].float()
         calib_rows, aux_losses = [], []
         for j, (kind, target) in enumerate(jobs_target):
             target = target.to(self.device)
             if kind == "calib":
                 calib_rows.append(mask_log_likelihood(logits[j:j + 1], target[None], lc.calibration_size)[0])
             else:
-                aux_losses.append(bce_dice_loss(logits[j:j + 1], target[None])[0])
+                aux_losses.append(self._supervised_mask_loss(out, j, target)[0])
         if calib_rows:
             slots = torch.tensor(calib_slots, device=self.device)
             calib = torch.zeros(mb.loss_mask.shape, device=self.device, dtype=torch.float32)
@@ -389,7 +390,7 @@ class LearnerCore:
         groups = self._micro_batches(trajs)
         n_tokens = max(1, sum(t.num_generated for t in trajs))
         n_masks = max(1, sum(len(pairs) for per_turn in targets for pairs in per_turn))
-        sums = {"lm_loss": 0.0, "mask_loss": 0.0, "correct": 0.0, "tokens": 0.0, "masks": 0.0}
+        sums = {"lm_loss": 0.0, "mask_loss": 0.0, "score_loss": 0.0, "correct": 0.0, "tokens": 0.0, "masks": 0.0}
         for g, index in enumerate(groups):
             mb = self._collate(trajs, index)
             hidden = self._hidden(module, mb)
@@ -407,37 +408,53 @@ class LearnerCore:
                     rows.append(k)
                     gts.append(gt)
             mask_sum = torch.zeros((), device=self.device)
+            score_sum = torch.zeros((), device=self.device)
             if keys and mask_weight > 0:
                 embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)[torch.tensor(rows, device=self.device)]
-                logits_m = self._decode_on_frames(embeds, keys, features)
+                out = self._decode_on_frames(embeds, keys, features)
                 for j, gt in enumerate(gts):
                     target = torch.as_tensor(np.asarray(gt, dtype=np.float32), device=self.device)
-                    mask_sum = mask_sum + bce_dice_loss(logits_m[j:j + 1], target[None])[0]
-                loss = loss + mask_weight * mask_sum / n_masks
+                    total, score = self._supervised_mask_loss(out, j, target)
+                    mask_sum = mask_sum + total - score
+                    score_sum = score_sum + score
+                loss = loss + mask_weight * (mask_sum + score_sum) / n_masks
             self.engine.set_gradient_accumulation_boundary(g == len(groups) - 1)
             self.engine.backward(loss)
             sums["lm_loss"] += float(nll.detach()) / n_tokens
             sums["mask_loss"] += float(mask_sum.detach()) / n_masks
+            sums["score_loss"] += float(score_sum.detach()) / n_masks
             sums["correct"] += float((logits.argmax(-1) == labels).sum())
             sums["tokens"] += float(len(labels))
             sums["masks"] += float(len(keys))
         self.engine.step()
         self.updates += 1
-        return {"lm_loss": sums["lm_loss"], "mask_loss": sums["mask_loss"],
+        return {"lm_loss": sums["lm_loss"], "mask_loss": sums["mask_loss"], "score_loss": sums["score_loss"],
                 "token_accuracy": sums["correct"] / max(sums["tokens"], 1.0), "tokens": sums["tokens"],
                 "masks": sums["masks"], "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                 "lr": float(self.scheduler.get_last_lr()[0])}
 
-    def _decode_on_frames(self, embeds: torch.Tensor, keys: list[str], features: dict[str, dict]) -> torch.Tensor:
-        """Mask logits of embeds[j] on frame keys[j]; each distinct frame's features loaded once."""
+    def _supervised_mask_loss(self, out, j: int, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(BCE + Dice + weighted decoder-score loss, the weighted score part) of decode row j vs a
+        ground-truth mask; both (1,)."""
+        mask = bce_dice_loss(out.low_res_logits[j:j + 1, 0].float(), target[None])
+        weight = self.cfg.learner.score_head_weight
+        if weight == 0:
+            return mask, torch.zeros_like(mask)
+        score = weight * decoder_score_loss(out.all_logits[j:j + 1], out.all_ious[j:j + 1],
+                                            out.object_score_logits[j:j + 1], target[None])
+        return mask + score, score
+
+    def _decode_on_frames(self, embeds: torch.Tensor, keys: list[str], features: dict[str, dict]):
+        """Decode (LanguageDecodeOutput) of embeds[j] on frame keys[j]; each distinct frame's features
+        loaded once."""
         pos = {key: i for i, key in enumerate(dict.fromkeys(keys))}
         loaded = [{k: torch.as_tensor(v).to(self.device, self.dtype) for k, v in features[key].items()}
                   for key in pos]
         idx = torch.tensor([pos[k] for k in keys], device=self.device)
         return self._decode_indexed(self.module, embeds, loaded, idx)
 
-    def _decode_indexed(self, module, embeds: torch.Tensor, loaded: list[dict], idx: torch.Tensor) -> torch.Tensor:
-        """Mask logits of embeds[j] on the frame whose features are loaded[idx[j]]."""
+    def _decode_indexed(self, module, embeds: torch.Tensor, loaded: list[dict], idx: torch.Tensor):
+        """Decode (LanguageDecodeOutput) of embeds[j] on the frame whose features are loaded[idx[j]]."""
         feats = {IMAGE_EMBED: torch.cat([f[IMAGE_EMBED] for f in loaded])[idx]}
         hr_index = None
         if HIGH_RES_S0 in loaded[0]:
@@ -446,7 +463,7 @@ class LearnerCore:
             feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])
             hr_index = idx
         with self._autocast():
-            return module.decode_masks(embeds, feats, hr_index)
+            return module.decode(embeds, feats, hr_index)
 
     # ------------------------------------------------------------------------- weights
     def _gathered(self, named):

@@ -9,6 +9,8 @@ No Ray and no models here, so every number of a report can be checked in unit te
                    overall = mean of the two when the dataset has both types; Ref-SAV long / short /
                    overall; "headline" is the overall when there is one, else the mean
     episodes       turns, format validity, answered, keyframe correctness, RL reward and its terms
+    cross-target   mean IoU between the predictions of expressions of one video that name different
+                   targets (near 1: the masks ignore the expression)
 """
 
 from __future__ import annotations
@@ -96,6 +98,40 @@ def dataset_summary(fmt: str, scores: list[ExpressionScore]) -> dict:
     return out
 
 
+# ------------------------------------------------------------------- prompt sensitivity
+def _sequence_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two mask sequences taken as one volume (both empty = 1)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def coarse_masks(masks: np.ndarray, side: int = 64) -> np.ndarray:
+    """(frames, H, W) bool masks subsampled to at most `side` pixels per axis, to keep per video."""
+    masks = np.asarray(masks, dtype=bool)
+    sh, sw = max(1, -(-masks.shape[1] // side)), max(1, -(-masks.shape[2] // side))
+    return masks[:, ::sh, ::sw]
+
+
+def cross_target_agreement(per_video: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+                           distinct_below: float = 0.5) -> dict:
+    """Do predictions follow the expression? Over pairs of expressions of one video whose targets
+    differ (ground-truth IoU of the two mask volumes below `distinct_below`): the mean IoU of
+    their ground truths and of their predictions. A policy whose masks ignore the expression
+    scores a prediction IoU near 1 however different the targets are.
+
+    `per_video[video]` lists (ground truth, prediction) mask sequences, one per expression."""
+    gt_ious, pred_ious = [], []
+    for items in per_video.values():
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                g = _sequence_iou(items[i][0], items[j][0])
+                if g < distinct_below:
+                    gt_ious.append(g)
+                    pred_ious.append(_sequence_iou(items[i][1], items[j][1]))
+    return {"pairs": len(gt_ious), "gt_iou": float(np.mean(gt_ious)) if gt_ious else None,
+            "pred_iou": float(np.mean(pred_ious)) if pred_ious else None}
+
+
 # ----------------------------------------------------------------------------- episodes
 @dataclass
 class EpisodeOutcome:
@@ -172,7 +208,10 @@ def episode_summary(outcomes: Sequence[EpisodeOutcome]) -> dict:
 def overall_summary(per_dataset: dict[str, dict], outcomes: Sequence[EpisodeOutcome]) -> dict:
     """Across datasets: episode means over all samples, J&F as the mean of the datasets' headlines."""
     heads = [d["scores"]["headline_J&F"] for d in per_dataset.values() if d["scores"]["headline_J&F"] is not None]
-    return {**episode_summary(outcomes), "J&F": float(np.mean(heads)) if heads else None}
+    cross = [d["cross_target"]["pred_iou"] for d in per_dataset.values()
+             if d.get("cross_target", {}).get("pred_iou") is not None]
+    return {**episode_summary(outcomes), "J&F": float(np.mean(heads)) if heads else None,
+            "cross_target_pred_iou": float(np.mean(cross)) if cross else None}
 
 
 def spread_subset(ids: Sequence[str], count: int | None) -> list[str]:

@@ -205,7 +205,7 @@ class EvalSession:
         per_dataset: dict[str, dict] = {}
         all_outcomes = []
         for name in sample_ids:
-            results, scores, outcomes = {}, [], []
+            results, scores, outcomes, by_video = {}, [], [], {}
             for t, h, m, r in zip(trajs, states, masks, rewards):
                 if t.sample.dataset != name:
                     continue
@@ -217,7 +217,9 @@ class EvalSession:
                 er.add_result(results, s.video_id, s.exp_id, entry)
                 gt = ray.get(self.envs[0].gt_masks.remote(s, list(range(s.num_frames))))
                 # Score what was written: the masks decoded back from the RLE of results.json.
-                score = er.expression_score(s.video_id, s.exp_id, gt, er.entry_masks(entry), s.type_id)
+                pred = er.entry_masks(entry)
+                score = er.expression_score(s.video_id, s.exp_id, gt, pred, s.type_id)
+                by_video.setdefault(s.video_id, []).append((er.coarse_masks(gt), er.coarse_masks(pred)))
                 outcome.J, outcome.F = score.j, score.f
                 scores.append(score)
                 outcomes.append(outcome)
@@ -226,6 +228,7 @@ class EvalSession:
                 "format": self.formats[name], "results": str(path),
                 "scores": er.dataset_summary(self.formats[name], scores),
                 "episodes": er.episode_summary(outcomes),
+                "cross_target": er.cross_target_agreement(by_video),
                 "per_expression": {sc.key: sc.as_dict() for sc in scores},
             }
             all_outcomes += outcomes

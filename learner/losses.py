@@ -145,6 +145,31 @@ def bce_dice_loss(mask_logits: torch.Tensor, gt: torch.Tensor, eps: float = 1.0)
     return bce + dice
 
 
+def decoder_score_loss(all_logits: torch.Tensor, all_ious: torch.Tensor, object_scores: torch.Tensor,
+                       gt: torch.Tensor) -> torch.Tensor:
+    """SAM2's own decoder-head losses for supervised masks. Returns (N,).
+
+    The object-score head gates masks at inference (a negative score blanks the frame) and the IoU
+    head picks one of the multimask candidates; the mask loss alone never trains either, so a
+    fine-tuned decoder would gate and pick with whatever they held before. As in SAM2's training:
+    BCE of the object score against "the target is on this frame", plus the MSE of each candidate's
+    predicted IoU against its actual IoU (binarised at 0, both empty = 1, no gradient into masks).
+
+    `all_logits` (N, M, h, w), `all_ious` (N, M), `object_scores` (N, 1) or (N,), `gt` (N, H, W)."""
+    n, m, h, w = all_logits.shape
+    target = F.adaptive_avg_pool2d(gt[:, None].float(), (h, w))[:, 0] if gt.shape[-2:] != (h, w) else gt.float()
+    present = (gt.flatten(1) > 0).any(-1).float()
+    obj = F.binary_cross_entropy_with_logits(object_scores.reshape(n).float(), present, reduction="none")
+    with torch.no_grad():
+        pred = (all_logits.float() > 0).flatten(2)
+        t = (target > 0.5).flatten(1)[:, None, :]
+        inter = (pred & t).sum(-1).float()
+        union = (pred | t).sum(-1).float()
+        actual = torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
+    iou = ((all_ious.float() - actual) ** 2).mean(-1)
+    return obj + iou
+
+
 # ------------------------------------------------------------------------------ full loss
 @dataclass
 class LossConfig:

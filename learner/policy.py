@@ -117,17 +117,20 @@ class SegPolicy(nn.Module):
     def seg_embeddings(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return self.projector(hidden[rows, cols]).float()
 
-    def decode_masks(self, seg_embeds: torch.Tensor, features: dict,
-                     high_res_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Differentiable low-res mask logits (N, h, w), one per embedding.
+    def decode(self, seg_embeds: torch.Tensor, features: dict, high_res_index: torch.Tensor | None = None):
+        """Differentiable decode of one mask per embedding (a LanguageDecodeOutput).
 
         `features` hold one entry per embedding, or (with `high_res_index`) the high-res maps hold one
         entry per distinct frame and the index names each embedding's frame, so the decoder's
         high-res convolutions run once per frame. Not gated by SAM2's object score: gated pixels
-        are constants and would carry no gradient."""
-        out = language_decode(self.sam_prompt_encoder, self.sam_mask_decoder, features, seg_embeds,
-                              multimask=True, gate_by_object_score=False, high_res_index=high_res_index)
-        return out.low_res_logits[:, 0].float()
+        are constants and would carry no gradient (the score head is trained by its own loss)."""
+        return language_decode(self.sam_prompt_encoder, self.sam_mask_decoder, features, seg_embeds,
+                               multimask=True, gate_by_object_score=False, high_res_index=high_res_index)
+
+    def decode_masks(self, seg_embeds: torch.Tensor, features: dict,
+                     high_res_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Differentiable low-res mask logits (N, h, w) of the chosen candidates (see `decode`)."""
+        return self.decode(seg_embeds, features, high_res_index).low_res_logits[:, 0].float()
 
     # ------------------------------------------------------------------------ weights
     def lm_state_dict(self) -> dict[str, torch.Tensor]:

@@ -153,8 +153,8 @@ def run_sft(cfg: Config) -> dict:
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             if step % s.log_every == 0 or step + 1 == s.steps:
-                log.info("sft step %d/%d lm %.4f mask %.4f acc %.3f", step + 1, s.steps, stats["lm_loss"],
-                         stats["mask_loss"], stats["token_accuracy"])
+                log.info("sft step %d/%d lm %.4f mask %.4f heads %.4f acc %.3f", step + 1, s.steps, stats["lm_loss"],
+                         stats["mask_loss"], stats["score_loss"], stats["token_accuracy"])
         summary.update(first_step=first, last_step=rec)
         summary["probe_after"] = probe(core)
         policy_out = core.export_policy(out / "policy")

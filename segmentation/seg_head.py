@@ -29,6 +29,21 @@ class SegProjector(nn.Module):
         # Indices 0 and 2 hold the weights, so the state-dict keys match the common Sequential layout.
         self.layers = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(),
                                     nn.Linear(hidden_size, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Variance-preserving init: unit-RMS hidden states give unit-RMS prompt tokens.
+
+        SAM2's own prompt tokens (point embedding plus positional encoding) have about unit RMS per
+        channel. nn.Linear's default init would give a fresh projector tokens of RMS ~0.2, which the
+        decoder's attention all but ignores (measured: mask probabilities moved by 0.001 between
+        different [SEG] states, 0.17 at unit RMS), and mask training then settles on a
+        prompt-independent mask. He init before the ReLU, LeCun init after it, zero biases."""
+        first, last = self.layers[0], self.layers[2]
+        nn.init.kaiming_normal_(first.weight, nonlinearity="relu")
+        nn.init.normal_(last.weight, std=self.hidden_size ** -0.5)
+        nn.init.zeros_(first.bias)
+        nn.init.zeros_(last.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.shape[-1] != self.hidden_size:

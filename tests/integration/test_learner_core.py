@@ -117,6 +117,22 @@ def test_aux_mask_loss_trains_the_decoder_and_goes_down(world):
     assert last < first
 
 
+@pytest.mark.parametrize("score_head_weight", [1.0, 0.0])
+def test_supervised_masks_train_the_object_score_and_iou_heads(world, score_head_weight):
+    # These heads gate frames and pick the mask at inference; BCE + Dice alone never reaches them.
+    core = _core(world, calibration=False, aux_mask_weight=1.0, score_head_weight=score_head_weight,
+                 kl_coef=0.0, lr=1e-3)
+    _, _, (items, totals) = _items(core, world)
+    heads = ("sam_mask_decoder.pred_obj_score_head.", "sam_mask_decoder.iou_prediction_head.")
+    before = {h: _snapshot(core.module, h) for h in heads}
+    assert all(before.values())
+    core.train(items, totals)
+    params = dict(core.module.named_parameters())
+    for h, snap in before.items():
+        changed = any(not torch.equal(v, params[n]) for n, v in snap.items())
+        assert changed == (score_head_weight > 0), h
+
+
 def test_checkpoint_roundtrip_reproduces_the_next_step(world, tmp_path):
     core = _core(world, lr=1e-3)
     _, _, (items, totals) = _items(core, world)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from learner.eval_report import (add_result, dataset_summary, entry_masks, episode_outcome, episode_summary,
+from learner.eval_report import (add_result, coarse_masks, cross_target_agreement, dataset_summary, entry_masks, episode_outcome, episode_summary,
                                  expression_score, overall_summary, results_entry, spread_subset, write_results)
 from segmentation.evaluation import ExpressionScore
 
@@ -97,3 +97,28 @@ def test_spread_subset_covers_the_list():
     assert spread_subset(ids, None) == ids and spread_subset(ids, 50) == ids
     picked = spread_subset(list(reversed(ids)), 3)
     assert picked == ["s00", "s04", "s09"]
+
+
+def test_cross_target_agreement_exposes_expression_blind_masks():
+    left = np.zeros((3, 8, 8), bool)
+    left[:, :, :4] = True
+    right = ~left
+    # Two expressions of one video naming different targets (ground truths disjoint).
+    follows = {"v": [(left, left), (right, right)]}
+    blind = {"v": [(left, left), (right, left)]}  # the second prediction ignores its expression
+    assert cross_target_agreement(follows) == {"pairs": 1, "gt_iou": 0.0, "pred_iou": 0.0}
+    assert cross_target_agreement(blind)["pred_iou"] == 1.0
+    # Expressions of the same target are not a pair; neither are expressions of different videos.
+    same = {"v": [(left, left), (left, right)], "w": [(right, right)]}
+    assert cross_target_agreement(same) == {"pairs": 0, "gt_iou": None, "pred_iou": None}
+    # Two empty predictions agree perfectly.
+    empty = np.zeros_like(left)
+    assert cross_target_agreement({"v": [(left, empty), (right, empty)]})["pred_iou"] == 1.0
+
+
+def test_coarse_masks_keep_at_most_side_pixels():
+    m = np.zeros((2, 130, 200), bool)
+    m[:, 0, 0] = True
+    c = coarse_masks(m, side=64)
+    assert c.shape[1] <= 64 and c.shape[2] <= 64 and c[:, 0, 0].all()
+    assert coarse_masks(np.ones((1, 10, 10)), side=64).shape == (1, 10, 10)

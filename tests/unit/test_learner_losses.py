@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from learner.losses import (LossConfig, LossInputs, aggregate, bce_dice_loss, group_advantages, grpo_loss,
+from learner.losses import (LossConfig, LossInputs, aggregate, bce_dice_loss, decoder_score_loss, group_advantages, grpo_loss,
                             kl_estimate, mask_log_likelihood, ppo_clip_loss, token_logprobs,
                             truncated_is_weights, zero_variance_groups)
 
@@ -117,6 +117,32 @@ def test_bce_dice_hand_computed():
     gt = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
     # BCE at p=0.5 is log 2 ; dice = 1 - (2*0.5 + 1) / (2 + 1 + 1) = 0.5
     assert torch.isclose(bce_dice_loss(z, gt), torch.tensor([math.log(2) + 0.5]), atol=1e-6)
+
+
+def test_decoder_score_loss_hand_computed():
+    # Two candidates on a 2x2 grid; the target covers the top-left pixel.
+    logits = torch.tensor([[[[1.0, -1.0], [-1.0, -1.0]],      # exactly the target: IoU 1
+                            [[1.0, 1.0], [-1.0, -1.0]]]])     # two pixels, one right: IoU 1/2
+    ious = torch.tensor([[0.5, 0.5]], requires_grad=True)
+    obj = torch.tensor([[0.0]], requires_grad=True)
+    gt = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    loss = decoder_score_loss(logits, ious, obj, gt)
+    # object BCE at logit 0 = log 2; IoU MSE = ((0.5 - 1)^2 + (0.5 - 0.5)^2) / 2 = 0.125
+    assert torch.isclose(loss, torch.tensor([math.log(2) + 0.125]), atol=1e-6)
+    loss.sum().backward()
+    assert obj.grad[0, 0] < 0  # the target is present: push the object score up
+    assert ious.grad[0, 0] < 0 and ious.grad[0, 1] == 0
+
+
+def test_decoder_score_loss_absent_target_and_empty_candidate():
+    logits = torch.full((1, 1, 4, 4), -3.0)  # an empty candidate
+    obj = torch.tensor([[2.0]], requires_grad=True)
+    gt = torch.zeros(1, 8, 8)  # target absent (resized to the logits' grid)
+    loss = decoder_score_loss(logits, torch.tensor([[1.0]]), obj, gt)
+    # both empty count as IoU 1 (no IoU loss); BCE of logit 2 against 0 = log(1 + e^2)
+    assert torch.isclose(loss, torch.tensor([math.log(1 + math.e ** 2)]), atol=1e-6)
+    loss.sum().backward()
+    assert obj.grad[0, 0] > 0  # absent: push the object score down
 
 
 def _inputs(calib=None):

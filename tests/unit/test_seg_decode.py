@@ -41,6 +41,28 @@ def test_projector_shape_and_foreign_keys():
         SegProjector(48)(torch.randn(2, 47))
 
 
+def test_fresh_projector_gives_prompt_tokens_at_sam2_scale():
+    # Unit-RMS hidden states (what a final RMSNorm emits) -> prompt tokens of about unit RMS, the
+    # scale of SAM2's own point tokens; nn.Linear's default init gave ~0.2.
+    torch.manual_seed(0)
+    rms = build_projector(128, 256, seed=0)(torch.randn(512, 128)).pow(2).mean().sqrt().item()
+    assert 0.8 < rms < 1.25
+
+
+def test_fresh_projector_tokens_steer_the_decoder(sam2, features):
+    # Different [SEG] states must give visibly different masks from a fresh decoder, or mask training
+    # starts from (and settles on) a prompt-independent mask.
+    feats = stack_decode_features(sam2, features[:1])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        emb = build_projector(64, 256, seed=0)(torch.randn(8, 64))
+        probs = torch.sigmoid(language_decode(sam2.sam_prompt_encoder, sam2.sam_mask_decoder, feats, emb)
+                              .low_res_logits[:, 0])
+        weak = torch.sigmoid(language_decode(sam2.sam_prompt_encoder, sam2.sam_mask_decoder, feats, 0.2 * emb)
+                             .low_res_logits[:, 0])
+    assert probs.std(0).mean() > 3 * weak.std(0).mean()
+
+
 def test_decode_shapes_and_best_candidate(sam2, features):
     feats = stack_decode_features(sam2, features)
     embeds = torch.randn(3, 256, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,42 @@
+"""The learning-curve script's pure parts: per-stage statistics and argument checks (no training)."""
+
+import math
+
+import pytest
+
+from benchmarks.learning_curve import DIAGNOSTICS, METRICS, TRAIN_SETTING_KEYS, main, stage_stats
+
+
+def _report(reward, fmt, kf, jf, cross):
+    return {"overall": {"mean_reward": reward, "format_valid_rate": fmt, "keyframe_correct_rate": kf,
+                        "J&F": jf, "cross_target_pred_iou": cross}}
+
+
+def test_stage_stats_mean_and_spread_over_seeds():
+    reports = {"base": _report(-3.0, 0.0, 0.0, 0.15, 1.0),
+               "sft_s0": _report(3.0, 1.0, 0.9, 0.4, 0.9), "sft_s1": _report(2.0, 0.5, 0.7, 0.2, None),
+               "rl_s0": _report(3.5, 1.0, 1.0, 0.5, 0.8), "rl_s1": _report(2.5, 1.0, 0.8, 0.3, 0.6)}
+    stats = stage_stats(reports, [0, 1])
+    assert set(stats) == {"base", "sft", "rl"}
+    assert set(stats["sft"]) == set(METRICS) | set(DIAGNOSTICS)
+    assert stats["sft"]["mean_reward"] == {"values": [3.0, 2.0], "mean": 2.5, "std": 0.5}
+    assert stats["rl"]["J&F"]["mean"] == pytest.approx(0.4)
+    assert stats["base"]["format_valid_rate"]["std"] == 0.0
+    # A missing value (no cross-target pairs) is left out of the mean, not counted as zero.
+    assert math.isnan(stats["sft"]["cross_target_pred_iou"]["values"][1])
+    assert stats["sft"]["cross_target_pred_iou"]["mean"] == pytest.approx(0.9)
+
+
+def test_train_settings_name_real_env_and_eval_fields():
+    from configs import load_config
+
+    cfg = load_config("debug_cpu")
+    for key in TRAIN_SETTING_KEYS:
+        assert hasattr(cfg.env, key) and hasattr(cfg.eval, key)
+
+
+def test_rl_pool_must_contain_the_sft_videos(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--train-videos", "12", "--rl-train-videos", "6"])
+    assert exc.value.code == 2
+    assert "--rl-train-videos must be at least --train-videos" in capsys.readouterr().err
