@@ -42,8 +42,6 @@ METRICS = {"mean_reward": "mean reward", "format_valid_rate": "format-valid rate
 # one video (near 1 when the masks ignore the expression; see learner.eval_report).
 DIAGNOSTICS = {"cross_target_pred_iou": "cross-target mask IoU"}
 STAGES = ("base", "sft", "rl")
-# The eval section's episode settings that have an env (training) counterpart of the same name.
-TRAIN_SETTING_KEYS = ("initial_low_res_frames", "initial_high_res_frames", "keyframe_pixels", "max_turns")
 
 
 def _log(msg: str) -> None:
@@ -95,12 +93,13 @@ def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Pat
     with the frame counts and keyframe budget the policies were trained with (env.*); "eval" uses the
     preset's larger evaluation budget (eval.*), which a tiny policy has never seen."""
     from configs import load_config
+    from env.episode import EVAL_SETTING_KEYS
     from learner.evaluate import evaluate
 
     overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}"]
     if settings == "train":
         env = load_config("debug_cpu").env
-        overrides += [f"eval.{k}={getattr(env, k)}" for k in TRAIN_SETTING_KEYS]
+        overrides += [f"eval.{k}={getattr(env, k)}" for k in EVAL_SETTING_KEYS]
     return evaluate(load_config("debug_cpu", overrides), policies, out)
 
 

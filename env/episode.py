@@ -28,14 +28,13 @@ from env.types import Action, EpisodeState, Sample, StepResult, TurnRecord
 log = logging.getLogger(__name__)
 
 
+# The episode settings the eval section overrides in the env config (same names in both).
+EVAL_SETTING_KEYS = ("initial_low_res_frames", "initial_high_res_frames", "keyframe_pixels", "max_turns")
+
+
 def eval_env_config(env_cfg, eval_cfg):
     """The env config for evaluation: the paper evaluates with more and sharper initial frames."""
-    return env_cfg.model_copy(update={
-        "initial_low_res_frames": eval_cfg.initial_low_res_frames,
-        "initial_high_res_frames": eval_cfg.initial_high_res_frames,
-        "keyframe_pixels": eval_cfg.keyframe_pixels,
-        "max_turns": eval_cfg.max_turns,
-    })
+    return env_cfg.model_copy(update={k: getattr(eval_cfg, k) for k in EVAL_SETTING_KEYS})
 
 
 def keyframe_seen_for(state: EpisodeState) -> int:

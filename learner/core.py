@@ -307,7 +307,8 @@ class LearnerCore:
             if kind == "calib":
                 calib_rows.append(mask_log_likelihood(logits[j:j + 1], target[None], lc.calibration_size)[0])
             else:
-                aux_losses.append(self._supervised_mask_loss(out, j, target)[0])
+                mask, score = self._supervised_mask_loss(out, j, target)
+                aux_losses.append((mask + score)[0])
         if calib_rows:
             slots = torch.tensor(calib_slots, device=self.device)
             calib = torch.zeros(mb.loss_mask.shape, device=self.device, dtype=torch.float32)
@@ -414,9 +415,9 @@ class LearnerCore:
                 out = self._decode_on_frames(embeds, keys, features)
                 for j, gt in enumerate(gts):
                     target = torch.as_tensor(np.asarray(gt, dtype=np.float32), device=self.device)
-                    total, score = self._supervised_mask_loss(out, j, target)
-                    mask_sum = mask_sum + total - score
-                    score_sum = score_sum + score
+                    mask, score = self._supervised_mask_loss(out, j, target)
+                    mask_sum = mask_sum + mask[0]
+                    score_sum = score_sum + score[0]
                 loss = loss + mask_weight * (mask_sum + score_sum) / n_masks
             self.engine.set_gradient_accumulation_boundary(g == len(groups) - 1)
             self.engine.backward(loss)
@@ -434,15 +435,15 @@ class LearnerCore:
                 "lr": float(self.scheduler.get_last_lr()[0])}
 
     def _supervised_mask_loss(self, out, j: int, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(BCE + Dice + weighted decoder-score loss, the weighted score part) of decode row j vs a
-        ground-truth mask; both (1,)."""
+        """(BCE + Dice, weighted decoder-score loss) of decode row j against a ground-truth mask;
+        both (1,), to be added."""
         mask = bce_dice_loss(out.low_res_logits[j:j + 1, 0].float(), target[None])
         weight = self.cfg.learner.score_head_weight
         if weight == 0:
             return mask, torch.zeros_like(mask)
         score = weight * decoder_score_loss(out.all_logits[j:j + 1], out.all_ious[j:j + 1],
                                             out.object_score_logits[j:j + 1], target[None])
-        return mask + score, score
+        return mask, score
 
     def _decode_on_frames(self, embeds: torch.Tensor, keys: list[str], features: dict[str, dict]):
         """Decode (LanguageDecodeOutput) of embeds[j] on frame keys[j]; each distinct frame's features
@@ -458,7 +459,7 @@ class LearnerCore:
         feats = {IMAGE_EMBED: torch.cat([f[IMAGE_EMBED] for f in loaded])[idx]}
         hr_index = None
         if HIGH_RES_S0 in loaded[0]:
-            # High-res maps stay one per distinct frame; the decoder indexes them (see decode_masks).
+            # High-res maps stay one per distinct frame; the decoder indexes them (see SegPolicy.decode).
             feats[HIGH_RES_S0] = torch.cat([f[HIGH_RES_S0] for f in loaded])
             feats[HIGH_RES_S1] = torch.cat([f[HIGH_RES_S1] for f in loaded])
             hr_index = idx

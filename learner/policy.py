@@ -127,11 +127,6 @@ class SegPolicy(nn.Module):
         return language_decode(self.sam_prompt_encoder, self.sam_mask_decoder, features, seg_embeds,
                                multimask=True, gate_by_object_score=False, high_res_index=high_res_index)
 
-    def decode_masks(self, seg_embeds: torch.Tensor, features: dict,
-                     high_res_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Differentiable low-res mask logits (N, h, w) of the chosen candidates (see `decode`)."""
-        return self.decode(seg_embeds, features, high_res_index).low_res_logits[:, 0].float()
-
     # ------------------------------------------------------------------------ weights
     def lm_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights the inference engine holds, with checkpoint names (as save_pretrained writes)."""

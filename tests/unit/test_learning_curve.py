@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmarks.learning_curve import DIAGNOSTICS, METRICS, TRAIN_SETTING_KEYS, main, stage_stats
+from benchmarks.learning_curve import DIAGNOSTICS, METRICS, main, stage_stats
 
 
 def _report(reward, fmt, kf, jf, cross):
@@ -27,12 +27,14 @@ def test_stage_stats_mean_and_spread_over_seeds():
     assert stats["sft"]["cross_target_pred_iou"]["mean"] == pytest.approx(0.9)
 
 
-def test_train_settings_name_real_env_and_eval_fields():
+def test_eval_setting_keys_name_real_env_and_eval_fields():
     from configs import load_config
+    from env.episode import EVAL_SETTING_KEYS, eval_env_config
 
     cfg = load_config("debug_cpu")
-    for key in TRAIN_SETTING_KEYS:
+    for key in EVAL_SETTING_KEYS:
         assert hasattr(cfg.env, key) and hasattr(cfg.eval, key)
+    assert eval_env_config(cfg.env, cfg.eval).initial_low_res_frames == cfg.eval.initial_low_res_frames
 
 
 def test_rl_pool_must_contain_the_sft_videos(capsys):
