@@ -2,7 +2,10 @@
 
     python -m benchmarks.learning_curve [--seeds 0 1 2] [--sft-steps N] [--rl-steps N] [--quick]
 
-Per seed, on synthetic videos (CPU, tiny models, the debug preset otherwise):
+First, once for all seeds: point-prompt pre-training of the tiny SAM2 on the RL videos
+(segmentation.pretrain_promptable), the stand-in for the public SAM2 checkpoint the method starts
+from; a random decoder ignores its prompt and SFT then learns one mask per frame, whatever the
+expression. Then per seed, on synthetic videos (CPU, tiny models, the debug preset otherwise):
   1. oracle VTS-CoT trajectories of the first --train-videos training videos (env.vtscot_oracle,
      seeded turn mix);
   2. SFT from the tiny random policy on them (learner.sft, seeded batch order);
@@ -57,13 +60,32 @@ def make_oracle_data(train: str, out: Path, seed: int) -> Path:
     return path
 
 
-def run_sft_stage(train: str, oracle: Path, out: Path, seed: int, steps: int, lr: float) -> Path:
+def pretrain_sam2(train: str, out: Path, steps: int, reuse: bool) -> list[str]:
+    """Point-prompt pre-training of the tiny SAM2 (stage 0, shared by all seeds); the overrides that
+    make every later stage use it. No steps: the random tiny SAM2, no overrides."""
+    if steps <= 0:
+        return []
+    from configs import load_config
+    from segmentation.pretrain_promptable import pretrain
+
+    path = out / "sam2_points.pt"
+    if reuse and path.is_file() and path.with_suffix(".json").is_file():
+        _log(f"SAM2: reusing {path}")
+    else:
+        report = pretrain(load_config("debug_cpu", [f"data.train=[{train}]"]), path, steps, 16, 1e-3, 0)
+        _log(f"SAM2 point-prompt pre-training: held-out click IoU {report['held_out_click_iou_before']:.3f} -> "
+             f"{report['held_out_click_iou_after']:.3f}, {report['seconds']:.0f} s")
+    return [f"model.sam2_checkpoint={path}"]
+
+
+def run_sft_stage(train: str, oracle: Path, out: Path, seed: int, steps: int, lr: float,
+                  extra: list[str]) -> Path:
     from configs import load_config
     from learner.sft import run_sft
 
     cfg = load_config("debug_cpu", [f"data.train=[{train}]", f"sft.trajectories={oracle}",
                                     f"sft.output_dir={out}", f"sft.steps={steps}", f"sft.lr={lr}",
-                                    "sft.batch_size=8", f"run.seed={seed}"])
+                                    "sft.batch_size=8", f"run.seed={seed}", *extra])
     summary = run_sft(cfg)
     _log(f"SFT seed {seed}: lm loss {summary['first_step']['lm_loss']:.3f} -> {summary['last_step']['lm_loss']:.3f}, "
          f"{summary['seconds']:.0f} s")
@@ -71,11 +93,12 @@ def run_sft_stage(train: str, oracle: Path, out: Path, seed: int, steps: int, lr
 
 
 def run_rl_stage(train: str, policy: Path, out: Path, seed: int, steps: int, lr: float,
-                 prompts_per_step: int) -> list[dict]:
+                 prompts_per_step: int, extra: list[str]) -> list[dict]:
     """GRPO from `policy` as a user runs it; returns the per-step metrics."""
     cmd = [sys.executable, "-m", "learner.main", "--preset", "debug_cpu", f"model.policy={policy}",
            f"data.train=[{train}]", f"run.output_dir={out}", f"run.steps={steps}", f"run.seed={seed}",
-           f"run.checkpoint_every={steps}", f"learner.lr={lr}", f"learner.prompts_per_step={prompts_per_step}"]
+           f"run.checkpoint_every={steps}", f"learner.lr={lr}", f"learner.prompts_per_step={prompts_per_step}",
+           *extra]
     t0 = time.time()
     with open(out.parent / f"{out.name}.log", "w") as log:
         rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -88,7 +111,7 @@ def run_rl_stage(train: str, policy: Path, out: Path, seed: int, steps: int, lr:
 
 
 def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Path, max_samples: int,
-                 settings: str) -> dict[str, dict]:
+                 settings: str, extra: list[str] = ()) -> dict[str, dict]:
     """Greedy held-out evaluation of every policy in one session. settings="train" plays the episodes
     with the frame counts and keyframe budget the policies were trained with (env.*); "eval" uses the
     preset's larger evaluation budget (eval.*), which a tiny policy has never seen."""
@@ -96,7 +119,7 @@ def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Pat
     from env.episode import EVAL_SETTING_KEYS
     from learner.evaluate import evaluate
 
-    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}"]
+    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}", *extra]
     if settings == "train":
         env = load_config("debug_cpu").env
         overrides += [f"eval.{k}={getattr(env, k)}" for k in EVAL_SETTING_KEYS]
@@ -161,6 +184,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-samples", type=int, default=32, help="held-out expressions, evenly spread")
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--sft-lr", type=float, default=1e-3)
+    ap.add_argument("--sam2-pretrain-steps", type=int, default=600,
+                    help="point-prompt pre-training of the tiny SAM2 on the RL videos before anything else "
+                    "(segmentation.pretrain_promptable; the stand-in for a public SAM2 checkpoint); 0: random SAM2")
+    ap.add_argument("--decoder-lr-scale", type=float, default=0.1,
+                    help="learner.sam_decoder_lr_scale for SFT and RL (0 freezes the pre-trained decoder)")
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
@@ -174,9 +202,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.sft_steps, args.rl_steps = args.seeds[:1], 4, 2
+        args.sam2_pretrain_steps = min(args.sam2_pretrain_steps, 5)
         args.train_videos, args.rl_train_videos, args.held_out_videos, args.eval_samples = 2, 3, 1, 4
     if args.rl_train_videos < args.train_videos:
         ap.error("--rl-train-videos must be at least --train-videos (the RL pool contains the SFT videos)")
+    if args.decoder_lr_scale < 0:
+        ap.error("--decoder-lr-scale must be >= 0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -184,6 +215,8 @@ def main(argv=None) -> int:
     train, rl_train, held_out = TRAIN % args.train_videos, TRAIN % args.rl_train_videos, HELD_OUT % args.held_out_videos
     started = time.time()
 
+    sam2 = pretrain_sam2(rl_train, work, args.sam2_pretrain_steps, args.reuse)
+    extra = [*sam2, f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
     sft_policies, rl_runs, rl_curves = {}, {}, {}
     for seed in args.seeds:
         sft_dir, rl_dir = work / f"sft_s{seed}", work / f"rl_s{seed}"
@@ -192,7 +225,7 @@ def main(argv=None) -> int:
             _log(f"SFT seed {seed}: reusing {sft_policies[seed]}")
         else:
             oracle = make_oracle_data(train, work, seed)
-            sft_policies[seed] = run_sft_stage(train, oracle, sft_dir, seed, args.sft_steps, args.sft_lr)
+            sft_policies[seed] = run_sft_stage(train, oracle, sft_dir, seed, args.sft_steps, args.sft_lr, extra)
         rl_runs[seed] = rl_dir
         done = sorted(p for p in (rl_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists()) \
             if (rl_dir / "checkpoints").is_dir() else []
@@ -202,13 +235,13 @@ def main(argv=None) -> int:
             _log(f"RL seed {seed}: reusing {rl_dir} ({len(rl_curves[seed])} steps)")
         else:
             rl_curves[seed] = run_rl_stage(rl_train, sft_policies[seed], rl_dir, seed, args.rl_steps, args.rl_lr,
-                                           args.rl_prompts)
+                                           args.rl_prompts, extra)
     policies = [("base", "tiny-qwen2.5-vl")]
     policies += [(f"sft_s{s}", sft_policies[s]) for s in args.seeds]
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
     _log(f"evaluating {len(policies)} policies on held-out videos")
     reports = evaluate_all(held_out, policies, work / f"eval_{args.eval_settings}", args.eval_samples,
-                           args.eval_settings)
+                           args.eval_settings, sam2)
     stats = stage_stats(reports, args.seeds)
 
     name = "learning_curve_quick" if args.quick else "learning_curve"

@@ -249,6 +249,12 @@ class LearnerConfig(Section):
     score_head_weight: float = Field(
         1.0, ge=0, description="SAM2's object-score BCE and IoU-prediction MSE, added to every supervised "
         "mask loss (RL aux, SFT): the heads that gate and pick masks at inference train with the decoder")
+    projector_lr_scale: float = Field(
+        1.0, gt=0, description="the [SEG] projector's learning rate as a multiple of lr")
+    sam_decoder_lr_scale: float = Field(
+        1.0, ge=0, description="SAM2 prompt encoder + mask decoder learning rate as a multiple of lr "
+        "(0 freezes them); a slower decoder keeps it responsive to the [SEG] prompt while the policy "
+        "learns to encode the target")
     updates_per_batch: int = Field(1, ge=1)
     reference_policy: Literal["frozen_copy", "none"] = "frozen_copy"
     zero_stage: Literal[1, 2, 3] = 2
@@ -383,9 +389,6 @@ class Config(Section):
         if not self.model.policy:
             raise ValueError("model.policy is not set: give an HF checkpoint directory "
                              f"(model.policy=/path/to/policy) or one of {list(TINY_POLICIES)}")
-        if self.model.sam2_config == "tiny" and self.model.sam2_checkpoint is not None:
-            raise ValueError("model.sam2_checkpoint given with model.sam2_config='tiny'; name the "
-                             "config that matches the checkpoint")
         if not self.model.allow_random_init and self.model.sam2_checkpoint is None:
             raise ValueError(
                 "model.sam2_checkpoint is not set and model.allow_random_init is false: give a SAM2 "

@@ -138,8 +138,8 @@ class LearnerCore:
         self.loss_cfg = LossConfig(clip_low=lc.clip_eps_low, clip_high=lc.clip_eps_high, kl_coef=lc.kl_coef,
                                    kl_estimator=lc.kl_estimator, aggregation=lc.loss_aggregation,
                                    use_tis=True, tis_cap=lc.tis_cap, aux_weight=lc.aux_mask_weight)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lc.lr, betas=tuple(lc.adam_betas), weight_decay=lc.weight_decay)
+        optimizer = torch.optim.AdamW(self._param_groups(), lr=lc.lr, betas=tuple(lc.adam_betas),
+                                      weight_decay=lc.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
@@ -157,6 +157,20 @@ class LearnerCore:
         self.updates = 0
         self.sync_timing = False  # benchmarks set this for exact per-phase GPU times
         self._feature_memo: dict[str, dict] = {}
+
+    def _param_groups(self) -> list[dict]:
+        """The LM first (its lr is the one logged), then the [SEG] projector and the SAM2 decoder at
+        their configured multiples of lr; a decoder scale of 0 freezes it."""
+        lc = self.cfg.learner
+        policy = self.policy
+        sam = [*policy.sam_prompt_encoder.parameters(), *policy.sam_mask_decoder.parameters()]
+        if lc.sam_decoder_lr_scale == 0:
+            for p in sam:
+                p.requires_grad_(False)
+        groups = [(list(policy.lm.parameters()), 1.0), (list(policy.projector.parameters()), lc.projector_lr_scale),
+                  (sam, lc.sam_decoder_lr_scale)]
+        return [{"params": [p for p in params if p.requires_grad], "lr": lc.lr * scale}
+                for params, scale in groups if any(p.requires_grad for p in params)]
 
     def _lr_factor(self, step: int) -> float:
         lc = self.cfg.learner

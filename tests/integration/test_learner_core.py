@@ -133,6 +133,22 @@ def test_supervised_masks_train_the_object_score_and_iou_heads(world, score_head
         assert changed == (score_head_weight > 0), h
 
 
+def test_head_learning_rate_scales(world):
+    # A decoder scale of 0 freezes SAM2's prompt encoder and mask decoder; the LM and the projector
+    # still train, and each group runs at its multiple of lr.
+    core = _core(world, calibration=False, aux_mask_weight=1.0, kl_coef=0.0, lr=1e-3,
+                 projector_lr_scale=3.0, sam_decoder_lr_scale=0.0)
+    assert [g["lr"] for g in core.optimizer.param_groups] == pytest.approx([1e-3, 3e-3])
+    _, _, (items, totals) = _items(core, world)
+    before = {p: _snapshot(core.module, p) for p in ("projector.", "sam_mask_decoder.", "sam_prompt_encoder.", "lm.")}
+    core.train(items, totals)
+    params = dict(core.module.named_parameters())
+    changed = {p: any(not torch.equal(v, params[n]) for n, v in snap.items()) for p, snap in before.items()}
+    assert changed == {"projector.": True, "sam_mask_decoder.": False, "sam_prompt_encoder.": False, "lm.": True}
+    slow = _core(world, lr=1e-3, sam_decoder_lr_scale=0.1)
+    assert [g["lr"] for g in slow.optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 1e-4])
+
+
 def test_checkpoint_roundtrip_reproduces_the_next_step(world, tmp_path):
     core = _core(world, lr=1e-3)
     _, _, (items, totals) = _items(core, world)

@@ -82,6 +82,8 @@ def test_override_list_of_datasets():
         ("rollout.sampling.top_p=1.5", "rollout.sampling.top_p = 1.5"),
         ("model.sam2_image_size=1000", "multiple of 16"),
         ("learner.lr=fast", "learner.lr = 'fast'"),
+        ("learner.sam_decoder_lr_scale=-0.1", "learner.sam_decoder_lr_scale = -0.1"),
+        ("learner.projector_lr_scale=0", "learner.projector_lr_scale = 0"),
         ("reward.weights={bogus: 1}", "unknown reward terms ['bogus']"),
         ("data.train=[{name: r, format: revos}]", "needs a root path"),
         ("env.frame_cache.backend=redis", "needs redis_url"),
