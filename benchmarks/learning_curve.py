@@ -2,10 +2,7 @@
 
     python -m benchmarks.learning_curve [--seeds 0 1 2] [--sft-steps N] [--rl-steps N] [--quick]
 
-First, once for all seeds: point-prompt pre-training of the tiny SAM2 on the RL videos
-(segmentation.pretrain_promptable), the stand-in for the public SAM2 checkpoint the method starts
-from; a random decoder ignores its prompt and SFT then learns one mask per frame, whatever the
-expression. Then per seed, on synthetic videos (CPU, tiny models, the debug preset otherwise):
+Per seed, on synthetic videos (CPU, tiny models, the debug preset otherwise):
   1. oracle VTS-CoT trajectories of the first --train-videos training videos (env.vtscot_oracle,
      seeded turn mix);
   2. SFT from the tiny random policy on them (learner.sft, seeded batch order);
@@ -60,24 +57,6 @@ def make_oracle_data(train: str, out: Path, seed: int) -> Path:
     return path
 
 
-def pretrain_sam2(train: str, out: Path, steps: int, reuse: bool) -> list[str]:
-    """Point-prompt pre-training of the tiny SAM2 (stage 0, shared by all seeds); the overrides that
-    make every later stage use it. No steps: the random tiny SAM2, no overrides."""
-    if steps <= 0:
-        return []
-    from configs import load_config
-    from segmentation.pretrain_promptable import pretrain
-
-    path = out / "sam2_points.pt"
-    if reuse and path.is_file() and path.with_suffix(".json").is_file():
-        _log(f"SAM2: reusing {path}")
-    else:
-        report = pretrain(load_config("debug_cpu", [f"data.train=[{train}]"]), path, steps, 16, 1e-3, 0)
-        _log(f"SAM2 point-prompt pre-training: held-out click IoU {report['held_out_click_iou_before']:.3f} -> "
-             f"{report['held_out_click_iou_after']:.3f}, {report['seconds']:.0f} s")
-    return [f"model.sam2_checkpoint={path}"]
-
-
 def run_sft_stage(train: str, oracle: Path, out: Path, seed: int, steps: int, lr: float,
                   extra: list[str]) -> Path:
     from configs import load_config
@@ -111,7 +90,7 @@ def run_rl_stage(train: str, policy: Path, out: Path, seed: int, steps: int, lr:
 
 
 def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Path, max_samples: int,
-                 settings: str, extra: list[str] = ()) -> dict[str, dict]:
+                 settings: str) -> dict[str, dict]:
     """Greedy held-out evaluation of every policy in one session. settings="train" plays the episodes
     with the frame counts and keyframe budget the policies were trained with (env.*); "eval" uses the
     preset's larger evaluation budget (eval.*), which a tiny policy has never seen."""
@@ -119,7 +98,7 @@ def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Pat
     from env.episode import EVAL_SETTING_KEYS
     from learner.evaluate import evaluate
 
-    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}", *extra]
+    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}"]
     if settings == "train":
         env = load_config("debug_cpu").env
         overrides += [f"eval.{k}={getattr(env, k)}" for k in EVAL_SETTING_KEYS]
@@ -184,11 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-samples", type=int, default=32, help="held-out expressions, evenly spread")
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--sft-lr", type=float, default=1e-3)
-    ap.add_argument("--sam2-pretrain-steps", type=int, default=600,
-                    help="point-prompt pre-training of the tiny SAM2 on the RL videos before anything else "
-                    "(segmentation.pretrain_promptable; the stand-in for a public SAM2 checkpoint); 0: random SAM2")
-    ap.add_argument("--decoder-lr-scale", type=float, default=0.1,
-                    help="learner.sam_decoder_lr_scale for SFT and RL (0 freezes the pre-trained decoder)")
+    ap.add_argument("--decoder-lr-scale", type=float, default=1.0,
+                    help="learner.sam_decoder_lr_scale for SFT and RL (0 freezes the decoder)")
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
@@ -202,7 +178,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.sft_steps, args.rl_steps = args.seeds[:1], 4, 2
-        args.sam2_pretrain_steps = min(args.sam2_pretrain_steps, 5)
         args.train_videos, args.rl_train_videos, args.held_out_videos, args.eval_samples = 2, 3, 1, 4
     if args.rl_train_videos < args.train_videos:
         ap.error("--rl-train-videos must be at least --train-videos (the RL pool contains the SFT videos)")
@@ -215,8 +190,7 @@ def main(argv=None) -> int:
     train, rl_train, held_out = TRAIN % args.train_videos, TRAIN % args.rl_train_videos, HELD_OUT % args.held_out_videos
     started = time.time()
 
-    sam2 = pretrain_sam2(rl_train, work, args.sam2_pretrain_steps, args.reuse)
-    extra = [*sam2, f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
+    extra = [f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
     sft_policies, rl_runs, rl_curves = {}, {}, {}
     for seed in args.seeds:
         sft_dir, rl_dir = work / f"sft_s{seed}", work / f"rl_s{seed}"
@@ -241,7 +215,7 @@ def main(argv=None) -> int:
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
     _log(f"evaluating {len(policies)} policies on held-out videos")
     reports = evaluate_all(held_out, policies, work / f"eval_{args.eval_settings}", args.eval_samples,
-                           args.eval_settings, sam2)
+                           args.eval_settings)
     stats = stage_stats(reports, args.seeds)
 
     name = "learning_curve_quick" if args.quick else "learning_curve"

@@ -10,8 +10,8 @@ For each sample the oracle looks at the target's presence and masks, then plays 
 [a, b] is the longest run of frames where the target is visible, k the frame of that run where the
 target covers the most pixels (a clear view: the final [SEG] is placed and propagated from the last
 selected keyframe, so that one must be good). Each turn thinks in the three steps of the protocol:
-temporal (which frames), spatial (where on the keyframe, from the mask's centre), expression (the
-query quoted, then the verdict), then the action. Samples whose target is never visible are left out.
+temporal (which frames), spatial (where on the keyframe, from the mask's centre), expression, then
+the action. Samples whose target is never visible are left out.
 
 Usage:
     python -m env.vtscot_oracle --out FILE [--preset debug_cpu] [--config F] [--seed S]
@@ -38,10 +38,9 @@ from env.vtscot import VTSCoTRecord, record_from_episode, write_vtscot
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "env.vtscot_oracle/2"
+GENERATOR = "env.vtscot_oracle/1"
 # How many assistant turns an oracle episode uses (capped by env.max_turns).
 TURN_WEIGHTS = {1: 0.25, 2: 0.45, 3: 0.30}
-MAX_RESTATED_WORDS = 16  # keeps a turn within a 128-token generation budget
 
 
 @dataclass(frozen=True)
@@ -102,44 +101,34 @@ def wide_window(run: tuple[int, int], num_frames: int) -> tuple[int, int]:
     return max(0, run[0] - margin), min(num_frames - 1, run[1] + margin)
 
 
-def query_restatement(expression: str, max_words: int = MAX_RESTATED_WORDS) -> str:
-    """The query as the think block quotes it: one line, no angle brackets (they would read as
-    protocol tags) or [SEG] token, no double quotes, at most `max_words` words."""
-    words = expression.replace("[SEG]", " ").replace("<", " ").replace(">", " ").replace('"', "'").split()
-    return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
-
-
-def _think(temporal: str, where: str, keyframe: int, query: str, verdict: str, action: str) -> str:
-    # Step 3 quotes the query next to the verdict, so the reasoning names what it is checking and the
-    # words that identify the target sit a few tokens before the [SEG] that must encode them.
+def _think(temporal: str, where: str, keyframe: int, expression: str, action: str) -> str:
     return (f"Step 1: temporal - {temporal}. Step 2: spatial - on frame {keyframe} it is at the {where}. "
-            f'Step 3: expression - "{query}" {verdict}. Action: {action}.')
+            f"Step 3: expression - {expression}. Action: {action}.")
 
 
 def plan_turns(num_frames: int, run: tuple[int, int], keyframe: int, where: dict[int, str],
-               n_turns: int, presence: tuple[bool, ...], query: str = "the target") -> list[OracleTurn]:
+               n_turns: int, presence: tuple[bool, ...]) -> list[OracleTurn]:
     """The oracle's turns for one sample (see the module docstring). `where[f]` describes the
-    target's position on frame f; it must cover `keyframe` and the first look's keyframe. `query`
-    is the restated expression (query_restatement)."""
+    target's position on frame f; it must cover `keyframe` and the first look's keyframe."""
     a, b = run
     answer = OracleTurn("answer", a, b, keyframe,
-                        _think(f"it is visible from frame {a} to {b}", where[keyframe], keyframe, query,
-                               "is this one", "answer"))
+                        _think(f"it is visible from frame {a} to {b}", where[keyframe], keyframe,
+                               "it is the one the query means", "answer"))
     if n_turns <= 1:
         return [answer]
     s, e = wide_window(run, num_frames)
     if n_turns == 2:
         look = OracleTurn("select", s, e, keyframe,
-                          _think(f"it seems to be in frames {s} to {e}", where[keyframe], keyframe, query,
-                                 "fits it", "select to look closer"))
+                          _think(f"it seems to be in frames {s} to {e}", where[keyframe], keyframe,
+                                 "it fits the query", "select to look closer"))
         return [look, answer]
     k1 = first_look_keyframe(run, keyframe, presence)
     first = OracleTurn("select", s, e, k1,
-                       _think(f"it seems to be in frames {s} to {e}", where[k1], k1, query,
-                              "may fit it", "select to look closer"))
+                       _think(f"it seems to be in frames {s} to {e}", where[k1], k1,
+                              "it may fit the query", "select to look closer"))
     refine = OracleTurn("select", a, b, keyframe,
-                        _think(f"it is visible from frame {a} to {b}", where[keyframe], keyframe, query,
-                               "fits it", "select to check the best view"))
+                        _think(f"it is visible from frame {a} to {b}", where[keyframe], keyframe,
+                               "it fits the query", "select to check the best view"))
     return [first, refine, answer]
 
 
@@ -180,7 +169,7 @@ def oracle_record(env, sample: Sample, seed: int = 0, n_turns: int | None = None
     areas = {f: int(m.sum()) for f, m in zip(frames, gt)}
     keyframe = best_keyframe(areas, run)
     where = {f: position_phrase(m) for f, m in zip(frames, gt)}
-    turns = plan_turns(sample.num_frames, run, keyframe, where, n, presence, query_restatement(sample.expression))
+    turns = plan_turns(sample.num_frames, run, keyframe, where, n, presence)
     res = env.reset(sample, f"oracle:{sample.sample_id}")
     observations = [res.observation]
     for turn in turns:

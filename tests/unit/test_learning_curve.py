@@ -42,3 +42,10 @@ def test_rl_pool_must_contain_the_sft_videos(capsys):
         main(["--train-videos", "12", "--rl-train-videos", "6"])
     assert exc.value.code == 2
     assert "--rl-train-videos must be at least --train-videos" in capsys.readouterr().err
+
+
+def test_negative_decoder_lr_scale_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--decoder-lr-scale", "-1"])
+    assert exc.value.code == 2
+    assert "--decoder-lr-scale must be >= 0" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from env.service import EnvService
 from env.types import Action
 from env.vtscot import read_vtscot
 from env.vtscot_oracle import (best_keyframe, first_look_keyframe, generate_records, longest_run, main,
-                               oracle_record, position_phrase, query_restatement, visible_runs, wide_window)
+                               oracle_record, position_phrase, visible_runs, wide_window)
 
 CFG = EnvConfig(initial_low_res_frames=4, low_res_pixels=2 * QWEN_UNIT, initial_high_res_frames=2,
                 high_res_pixels=4 * QWEN_UNIT, select_reply_frames=3, keyframe_pixels=8 * QWEN_UNIT, max_turns=3)
@@ -49,17 +49,6 @@ def test_position_phrase():
     assert position_phrase(np.zeros((4, 4), bool)) == "nowhere"
 
 
-def test_query_restatement_is_one_safe_line_of_bounded_length():
-    assert query_restatement("the red  square\nmoving left") == "the red square moving left"
-    # angle brackets would read as protocol tags, double quotes would end the quotation
-    assert query_restatement('the "big" <answer> dog [SEG]') == "the 'big' answer dog"
-    long = " ".join(f"w{i}" for i in range(30))
-    assert query_restatement(long, max_words=5) == "w0 w1 w2 w3 w4 ..."
-    action = parse_turn(f'<think>Step 3: expression - "{query_restatement("a <VTG> [x]")}" fits it.</think>'
-                        '<answer><VTG>{"start": 0, "end": 3, "keyframe": 1}</VTG><RefSeg>[SEG]</RefSeg></answer>')
-    assert isinstance(action, Action)
-
-
 @pytest.mark.parametrize("n_turns", [1, 2, 3])
 def test_oracle_episode_answers_on_a_visible_best_frame(env, n_turns):
     sample = env.sample(env.sample_ids()[0])
@@ -79,8 +68,6 @@ def test_oracle_episode_answers_on_a_visible_best_frame(env, n_turns):
             think = msg["content"]
             # the three-step reasoning structure of the protocol, then the action
             assert think.index("Step 1: temporal") < think.index("Step 2: spatial") < think.index("Step 3: expression")
-            # step 3 names what it checks: the query, quoted
-            assert f'Step 3: expression - "{sample.expression}"' in think
     # a select shows the keyframe it asked for at the keyframe budget
     for turn, trace in zip(record.shown[1:], record.trace):
         assert (trace.keyframe, CFG.keyframe_pixels) in [(f.index, f.pixels) for f in turn.frames]
