@@ -125,7 +125,8 @@ class LearnerCore:
         lc = cfg.learner
         self.policy = build_policy(cfg.model, self.policy_dir, self.device, seed=cfg.run.seed,
                                    gradient_checkpointing=lc.gradient_checkpointing,
-                                   freeze_vision=lc.freeze_vision)
+                                   freeze_vision=lc.freeze_vision,
+                                   freeze_sam_decoder=lc.sam_decoder_lr_scale == 0)
         self.reference = None
         if lc.kl_coef > 0 and lc.reference_policy == "frozen_copy":
             self.reference = reference_model(self.policy)
@@ -160,13 +161,10 @@ class LearnerCore:
 
     def _param_groups(self) -> list[dict]:
         """The LM first (its lr is the one logged), then the [SEG] projector and the SAM2 decoder at
-        their configured multiples of lr; a decoder scale of 0 freezes it."""
+        their configured multiples of lr. Frozen parameters (build_policy) are left out."""
         lc = self.cfg.learner
         policy = self.policy
         sam = [*policy.sam_prompt_encoder.parameters(), *policy.sam_mask_decoder.parameters()]
-        if lc.sam_decoder_lr_scale == 0:
-            for p in sam:
-                p.requires_grad_(False)
         groups = [(list(policy.lm.parameters()), 1.0), (list(policy.projector.parameters()), lc.projector_lr_scale),
                   (sam, lc.sam_decoder_lr_scale)]
         return [{"params": [p for p in params if p.requires_grad], "lr": lc.lr * scale}

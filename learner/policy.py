@@ -159,7 +159,8 @@ def seg_token_id_of(policy_dir: str | Path) -> int:
 
 
 def build_policy(model_cfg, policy_dir: str | Path, device: str = "cpu", seed: int = 0,
-                 gradient_checkpointing: bool = False, freeze_vision: bool = False) -> SegPolicy:
+                 gradient_checkpointing: bool = False, freeze_vision: bool = False,
+                 freeze_sam_decoder: bool = False) -> SegPolicy:
     """Load the HF policy from `policy_dir`, SAM2's prompt encoder and mask decoder from the SAM2
     checkpoint (or the shared random one), and the heads file in `policy_dir` when present."""
     from transformers import AutoModelForImageTextToText
@@ -189,6 +190,9 @@ def build_policy(model_cfg, policy_dir: str | Path, device: str = "cpu", seed: i
         lm.config.use_cache = False
     if freeze_vision:
         for p in lm.model.visual.parameters():
+            p.requires_grad_(False)
+    if freeze_sam_decoder:
+        for p in [*policy.sam_prompt_encoder.parameters(), *policy.sam_mask_decoder.parameters()]:
             p.requires_grad_(False)
     return policy.to(device)
 
