@@ -58,3 +58,13 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     }
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def print_json(payload: dict, out: str | Path | None = None) -> None:
+    """Print a probe's result as JSON and, with `out`, write the same text there (other libraries
+    also log to stdout, so the file is the clean copy)."""
+    text = json.dumps(payload, indent=1)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    print(text)

@@ -89,8 +89,25 @@ def run_rl_stage(train: str, policy: Path, out: Path, seed: int, steps: int, lr:
     return rows
 
 
+def pretrain_sam2(train: str, out: Path, steps: int) -> Path:
+    """The tiny SAM2's text-prompt pre-training (the stand-in for a pretrained promptable SAM2) on
+    the RL prompt pool's videos; returns the checkpoint, reused when its report exists."""
+    from configs import load_config
+    from segmentation.pretrain_text_prompt import pretrain
+
+    ckpt = out / "sam2_text.pt"
+    if ckpt.is_file() and ckpt.with_suffix(".json").is_file():
+        _log(f"SAM2 text-prompt pre-training: reusing {ckpt}")
+        return ckpt
+    report = pretrain(load_config("debug_cpu", [f"data.train=[{train}]"]), ckpt, steps, 16, 3e-4, 0)
+    _log(f"SAM2 text-prompt pre-training: held-out cross-target IoU {report['held_out_before']['cross_target_iou']:.3f} "
+         f"-> {report['held_out_after']['cross_target_iou']:.3f}, own IoU {report['held_out_before']['own_iou']:.3f} "
+         f"-> {report['held_out_after']['own_iou']:.3f}, {report['seconds']:.0f} s")
+    return ckpt
+
+
 def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Path, max_samples: int,
-                 settings: str) -> dict[str, dict]:
+                 settings: str, extra: list[str] = ()) -> dict[str, dict]:
     """Greedy held-out evaluation of every policy in one session. settings="train" plays the episodes
     with the frame counts and keyframe budget the policies were trained with (env.*); "eval" uses the
     preset's larger evaluation budget (eval.*), which a tiny policy has never seen."""
@@ -98,7 +115,7 @@ def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Pat
     from env.episode import EVAL_SETTING_KEYS
     from learner.evaluate import evaluate
 
-    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}"]
+    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}", *extra]
     if settings == "train":
         env = load_config("debug_cpu").env
         overrides += [f"eval.{k}={getattr(env, k)}" for k in EVAL_SETTING_KEYS]
@@ -165,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-lr", type=float, default=1e-3)
     ap.add_argument("--decoder-lr-scale", type=float, default=1.0,
                     help="learner.sam_decoder_lr_scale for SFT and RL (0 freezes the decoder)")
+    ap.add_argument("--sam2-pretrain-steps", type=int, default=0,
+                    help="text-prompt pre-train the tiny SAM2 for this many steps first (segmentation."
+                         "pretrain_text_prompt) and use it in every stage; 0 keeps the random tiny SAM2")
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
@@ -179,10 +199,13 @@ def main(argv=None) -> int:
     if args.quick:
         args.seeds, args.sft_steps, args.rl_steps = args.seeds[:1], 4, 2
         args.train_videos, args.rl_train_videos, args.held_out_videos, args.eval_samples = 2, 3, 1, 4
+        args.sam2_pretrain_steps = min(args.sam2_pretrain_steps, 2)
     if args.rl_train_videos < args.train_videos:
         ap.error("--rl-train-videos must be at least --train-videos (the RL pool contains the SFT videos)")
     if args.decoder_lr_scale < 0:
         ap.error("--decoder-lr-scale must be >= 0")
+    if args.sam2_pretrain_steps < 0:
+        ap.error("--sam2-pretrain-steps must be >= 0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -191,6 +214,10 @@ def main(argv=None) -> int:
     started = time.time()
 
     extra = [f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
+    sam2 = []
+    if args.sam2_pretrain_steps:
+        sam2 = [f"model.sam2_checkpoint={pretrain_sam2(rl_train, work, args.sam2_pretrain_steps)}"]
+        extra += sam2
     sft_policies, rl_runs, rl_curves = {}, {}, {}
     for seed in args.seeds:
         sft_dir, rl_dir = work / f"sft_s{seed}", work / f"rl_s{seed}"
@@ -215,7 +242,7 @@ def main(argv=None) -> int:
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
     _log(f"evaluating {len(policies)} policies on held-out videos")
     reports = evaluate_all(held_out, policies, work / f"eval_{args.eval_settings}", args.eval_samples,
-                           args.eval_settings)
+                           args.eval_settings, sam2)
     stats = stage_stats(reports, args.seeds)
 
     name = "learning_curve_quick" if args.quick else "learning_curve"

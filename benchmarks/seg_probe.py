@@ -25,19 +25,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks; both empty counts as 1."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+from segmentation.metrics import mask_iou
 
 
 def nearest_centroid_loo(x: np.ndarray, labels: list[str]) -> tuple[float, float]:
@@ -67,35 +61,13 @@ def colour_of(expression: str) -> str | None:
 def probe(cfg, policy: str, trajectories: str) -> dict:
     import torch
     import torch.nn.functional as F
-    from transformers import AutoProcessor
 
-    from env.prompts import SYSTEM_PROMPT
-    from env.service import EnvService
-    from env.vtscot import read_vtscot
-    from learner.core import LearnerCore
-    from learner.sft import _ensure_process_group_env, learner_config
-    from learner.sft_data import FrameFeatureSource, build_examples
-    from learner.system import policy_hidden_size, prepare_sam2, resolve_paths, resolve_policy_dir
-    from rollout.conversation import ConversationCodec
-    from rollout.processor_config import family_of_model_type, image_token_count
-    from segmentation.reward_pool import RewardPoolCore
+    from learner.sft import open_session
 
-    cfg = prepare_sam2(resolve_paths(cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": policy})})))
-    policy_dir = resolve_policy_dir(cfg)
-    cache_dir = str(cfg.model.cache_dir)
-    env = EnvService(cfg.env, cfg.data.train, cache_dir=cache_dir)
-    processor = AutoProcessor.from_pretrained(str(policy_dir))
-    codec = ConversationCodec(processor.tokenizer, SYSTEM_PROMPT)
-    family = family_of_model_type(json.loads((policy_dir / "config.json").read_text())["model_type"])
-    examples, skipped = build_examples(list(read_vtscot(trajectories)), env, codec,
-                                       lambda im: image_token_count(im.shape[0], im.shape[1], family))
-    if not examples:
-        raise ValueError(f"none of the records of {trajectories} replay with this config")
-    _ensure_process_group_env()
-    core = LearnerCore(learner_config(cfg), policy_dir, frame_fetcher=env.frames_for)
-    pool = RewardPoolCore(cfg.model, cfg.reward, policy_hidden_size(policy_dir), datasets=cfg.data.train,
-                          data_cache_dir=cache_dir)
-    source = FrameFeatureSource(pool)
+    session = open_session(cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": policy})}),
+                           trajectories)
+    env, core, source, examples, policy_dir = (session.env, session.core, session.source, session.examples,
+                                               session.policy_dir)
     module = core.module.eval()
     by_video: dict[str, list] = {}
     for ex in examples:
@@ -130,7 +102,7 @@ def probe(cfg, policy: str, trajectories: str) -> dict:
     if len({c for _, c in named}) >= 2:
         acc, chance = nearest_centroid_loo(np.stack([h for h, _ in named]), [c for _, c in named])
     return {"policy": str(policy_dir), "trajectories": str(trajectories), "records": len(examples),
-            "skipped": len(skipped), "videos": len(by_video), "cross_target_pairs": len(cross),
+            "skipped": len(session.skipped), "videos": len(by_video), "cross_target_pairs": len(cross),
             "cross_target_pred_iou": float(np.mean(cross)) if cross else None,
             "own_iou": float(np.mean(own)) if own else None,
             "prompt_spread": float(np.mean(spread)) if spread else None,
@@ -138,6 +110,7 @@ def probe(cfg, policy: str, trajectories: str) -> dict:
 
 
 def main(argv=None) -> int:
+    from benchmarks.common import print_json
     from configs import ConfigError, available_presets, load_config
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.seg_probe", description=__doc__,
@@ -162,11 +135,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
+    print_json(result, args.out)
     return 0
 
 

@@ -389,9 +389,6 @@ class Config(Section):
         if not self.model.policy:
             raise ValueError("model.policy is not set: give an HF checkpoint directory "
                              f"(model.policy=/path/to/policy) or one of {list(TINY_POLICIES)}")
-        if self.model.sam2_config == "tiny" and self.model.sam2_checkpoint is not None:
-            raise ValueError("model.sam2_checkpoint given with model.sam2_config='tiny'; name the "
-                             "config that matches the checkpoint")
         if not self.model.allow_random_init and self.model.sam2_checkpoint is None:
             raise ValueError(
                 "model.sam2_checkpoint is not set and model.allow_random_init is false: give a SAM2 "

@@ -27,7 +27,9 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from configs import Config, ConfigError, available_presets, dump_config, load_config
 
@@ -86,31 +88,45 @@ class _Probe:
                 "example": res[0].text[:400]}
 
 
-def run_sft(cfg: Config) -> dict:
-    """Train and export; returns the summary (also written to summary.json)."""
-    import torch
+@dataclass
+class SftSession:
+    """What a supervised pass over VTS-CoT records needs, set up the way `learner.sft` trains: the
+    env, the replayed examples, the learner core and the SAM2 feature source. Shared by
+    `run_sft` and the probes in benchmarks/ so they read records exactly as training does."""
+
+    cfg: Config
+    policy_dir: Path
+    env: Any
+    processor: Any
+    codec: Any
+    image_tokens: Callable
+    records: list
+    examples: list
+    skipped: list
+    core: Any
+    pool: Any
+    source: Any
+
+
+def open_session(cfg: Config, trajectories: str | Path) -> SftSession:
+    """Resolve the policy and SAM2, replay `trajectories` on cfg.data.train and build the learner
+    core (sft's schedule) and an in-process reward-pool core for keyframe features. Raises
+    ValueError when no record can be replayed."""
     from transformers import AutoProcessor
 
     from env.prompts import SYSTEM_PROMPT
     from env.service import EnvService
     from env.vtscot import read_vtscot
     from learner.core import LearnerCore
-    from learner.sft_data import FrameFeatureSource, batch_order, build_examples, step_targets
+    from learner.sft_data import FrameFeatureSource, build_examples
     from learner.system import policy_hidden_size, prepare_sam2, resolve_paths, resolve_policy_dir
     from rollout.conversation import ConversationCodec
     from rollout.processor_config import family_of_model_type, image_token_count
     from segmentation.reward_pool import RewardPoolCore
 
-    if cfg.sft.trajectories is None:
-        raise ValueError("sft.trajectories is not set: give a VTS-CoT file (python -m env.vtscot_oracle writes one)")
-    started = time.time()
     cfg = prepare_sam2(resolve_paths(cfg))
     policy_dir = resolve_policy_dir(cfg)
-    out = Path(cfg.sft.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
     cache_dir = str(cfg.model.cache_dir)
-
     env = EnvService(cfg.env, cfg.data.train, cache_dir=cache_dir)
     processor = AutoProcessor.from_pretrained(str(policy_dir))
     codec = ConversationCodec(processor.tokenizer, SYSTEM_PROMPT)
@@ -119,24 +135,40 @@ def run_sft(cfg: Config) -> dict:
     def image_tokens(im):
         return image_token_count(im.shape[0], im.shape[1], family)
 
-    records = list(read_vtscot(cfg.sft.trajectories))
+    records = list(read_vtscot(trajectories))
     examples, skipped = build_examples(records, env, codec, image_tokens, cfg.sft.mask_on_seen_keyframe,
                                        cfg.sft.strict_frames)
     if not examples:
-        raise ValueError(f"none of the {len(records)} records of {cfg.sft.trajectories} can be replayed with "
+        raise ValueError(f"none of the {len(records)} records of {trajectories} can be replayed with "
                          f"this config; first reason: {skipped[0][1] if skipped else 'the file is empty'}")
-    log.info("SFT on %d trajectories (%d left out) from %s", len(examples), len(skipped), cfg.sft.trajectories)
-
     _ensure_process_group_env()
     core = LearnerCore(learner_config(cfg), policy_dir, frame_fetcher=env.frames_for)
     pool = RewardPoolCore(cfg.model, cfg.reward, policy_hidden_size(policy_dir), datasets=cfg.data.train,
                           data_cache_dir=cache_dir)
-    source = FrameFeatureSource(pool)
-    probe = _Probe(cfg, codec, image_tokens, processor.image_processor)
+    return SftSession(cfg, policy_dir, env, processor, codec, image_tokens, records, examples, skipped, core,
+                      pool, FrameFeatureSource(pool))
+
+
+def run_sft(cfg: Config) -> dict:
+    """Train and export; returns the summary (also written to summary.json)."""
+    import torch
+
+    from learner.sft_data import batch_order, step_targets
+
+    if cfg.sft.trajectories is None:
+        raise ValueError("sft.trajectories is not set: give a VTS-CoT file (python -m env.vtscot_oracle writes one)")
+    started = time.time()
+    session = open_session(cfg, cfg.sft.trajectories)
+    cfg, core, source, examples, records = session.cfg, session.core, session.source, session.examples, session.records
+    out = Path(cfg.sft.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    log.info("SFT on %d trajectories (%d left out) from %s", len(examples), len(session.skipped), cfg.sft.trajectories)
+    probe = _Probe(cfg, session.codec, session.image_tokens, session.processor.image_processor)
     s = cfg.sft
     metrics = open(out / "metrics.jsonl", "w")
-    summary: dict = {"records": len(records), "used": len(examples), "skipped": skipped[:50],
-                     "policy_in": str(policy_dir), "trajectories": str(cfg.sft.trajectories)}
+    summary: dict = {"records": len(records), "used": len(examples), "skipped": session.skipped[:50],
+                     "policy_in": str(session.policy_dir), "trajectories": str(cfg.sft.trajectories)}
     try:
         summary["probe_before"] = probe(core)
         order = batch_order(len(examples), s.batch_size, cfg.run.seed)

@@ -49,3 +49,10 @@ def test_negative_decoder_lr_scale_is_refused(capsys):
         main(["--decoder-lr-scale", "-1"])
     assert exc.value.code == 2
     assert "--decoder-lr-scale must be >= 0" in capsys.readouterr().err
+
+
+def test_negative_sam2_pretrain_steps_are_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--sam2-pretrain-steps", "-5"])
+    assert exc.value.code == 2
+    assert "--sam2-pretrain-steps must be >= 0" in capsys.readouterr().err
