@@ -26,16 +26,6 @@ import sys
 import numpy as np
 
 
-def split_videos(video_ids: list[str], held_out_fraction: float, seed: int) -> set[str]:
-    """The held-out videos: a seeded fraction (at least one, never all) of the distinct ids."""
-    videos = sorted(set(video_ids))
-    if len(videos) < 2:
-        raise ValueError("the probe needs records from at least two videos (one is held out)")
-    n = min(len(videos) - 1, max(1, int(round(len(videos) * held_out_fraction))))
-    order = np.random.default_rng(seed).permutation(len(videos))
-    return {videos[i] for i in order[:n]}
-
-
 def last_seg_per_row(rows: list[int], cols: list[int]) -> dict[int, int]:
     """Batch row -> position of its last [SEG] (rows without one are absent)."""
     last: dict[int, int] = {}
@@ -49,6 +39,8 @@ def route(cfg, policy: str, trajectories: str, steps: int, lr: float, lm_weight:
     import torch
 
     from benchmarks.seg_probe import colour_of, nearest_centroid_loo
+    from env.datasets import held_out_videos
+    from learner.core import assistant_token_logits
     from env.synthetic import COLORS
     from learner.sft import open_session
 
@@ -58,7 +50,7 @@ def route(cfg, policy: str, trajectories: str, steps: int, lr: float, lm_weight:
     colours = list(COLORS)
     named = [(ex, colours.index(colour_of(ex.traj.sample.expression))) for ex in session.examples
              if colour_of(ex.traj.sample.expression)]
-    held_videos = split_videos([ex.traj.sample.video_id for ex, _ in named], held_out_fraction, seed)
+    held_videos = held_out_videos([ex.traj.sample.video_id for ex, _ in named], held_out_fraction, seed)
     train = [x for x in named if x[0].traj.sample.video_id not in held_videos]
     held = [x for x in named if x[0].traj.sample.video_id in held_videos]
     if not train or len({c for _, c in held}) < 2:
@@ -97,10 +89,7 @@ def route(cfg, policy: str, trajectories: str, steps: int, lr: float, lm_weight:
         picked = [train[i] for i in rng.choice(len(train), size=min(batch, len(train)), replace=False)]
         mb = core._collate([ex.traj for ex, _ in picked], list(range(len(picked))))
         h = core._hidden(module, mb)
-        sel = mb.loss_mask.bool().clone()
-        sel[:, 0] = False
-        b, t = sel.nonzero(as_tuple=True)
-        nll = torch.nn.functional.cross_entropy(module.lm.lm_head(h[b, t - 1]).float(), mb.input_ids[b, t])
+        nll = torch.nn.functional.cross_entropy(*assistant_token_logits(module, h, mb))
         last = last_seg_per_row(mb.seg_rows.tolist(), mb.seg_cols.tolist())
         rows = sorted(last)
         states = h[torch.tensor(rows, device=h.device), torch.tensor([last[r] for r in rows], device=h.device)]

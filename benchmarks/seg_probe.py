@@ -60,8 +60,8 @@ def colour_of(expression: str) -> str | None:
 
 def probe(cfg, policy: str, trajectories: str) -> dict:
     import torch
-    import torch.nn.functional as F
 
+    from learner.losses import resize_mask
     from learner.sft import open_session
 
     session = open_session(cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": policy})}),
@@ -90,9 +90,8 @@ def probe(cfg, policy: str, trajectories: str) -> dict:
             out = core._decode_on_frames(stacked, [source.key(frame)] * len(group), source.get([frame]))
             best = out.all_ious.argmax(-1)
             masks = (out.all_logits[torch.arange(len(group), device=best.device), best] > 0).cpu().numpy()
-            gts = [F.adaptive_avg_pool2d(torch.as_tensor(env.gt_masks(ex.traj.sample, [frame[2]])[0],
-                                                         dtype=torch.float32)[None, None], masks.shape[-2:])[0, 0]
-                   .numpy() > 0.5 for ex in group]
+            gts = [resize_mask(torch.as_tensor(env.gt_masks(ex.traj.sample, [frame[2]])[0])[None],
+                               *masks.shape[-2:])[0].numpy() > 0.5 for ex in group]
             for a, b in itertools.combinations(range(len(group)), 2):
                 if mask_iou(gts[a], gts[b]) < 0.5:
                     cross.append(mask_iou(masks[a], masks[b]))

@@ -107,6 +107,15 @@ def _scatter_masked(values: list[float], mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def assistant_token_logits(module, hidden: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, V) float32, labels (N,)) of every assistant token (loss mask 1) after the first
+    position, each predicted from the hidden state before it: the supervised language loss's inputs."""
+    sel = mb.loss_mask.bool().clone()
+    sel[:, 0] = False
+    b, t = sel.nonzero(as_tuple=True)
+    return module.lm.lm_head(hidden[b, t - 1]).float(), mb.input_ids[b, t]
+
+
 class LearnerCore:
     def __init__(self, cfg: Config, policy_dir: str | Path, rank: int = 0, world_size: int = 1,
                  device: str | None = None, frame_fetcher: FrameFetcher | None = None,
@@ -407,11 +416,7 @@ class LearnerCore:
         for g, index in enumerate(groups):
             mb = self._collate(trajs, index)
             hidden = self._hidden(module, mb)
-            sel = mb.loss_mask.bool().clone()
-            sel[:, 0] = False
-            b, t = sel.nonzero(as_tuple=True)
-            logits = module.lm.lm_head(hidden[b, t - 1]).float()
-            labels = mb.input_ids[b, t]
+            logits, labels = assistant_token_logits(module, hidden, mb)
             nll = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             loss = lm_weight * nll / n_tokens
             keys, rows, gts = [], [], []

@@ -116,7 +116,7 @@ def _resize_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def _resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(N, H, W) masks as (N, h, w) soft targets in [0, 1]: area averaging keeps the fraction of
     foreground in each cell (the identity when the sizes already match)."""
     return F.adaptive_avg_pool2d(mask[:, None].float(), (h, w))[:, 0]
@@ -129,14 +129,14 @@ def mask_log_likelihood(mask_logits: torch.Tensor, sampled_mask: torch.Tensor, s
     `sampled_mask` (N, H, W) the rollout-time binary keyframe mask (the 'sampled action'). Both
     are resized to size x size. Returns (N,), each <= 0."""
     z = _resize_logits(mask_logits, size)
-    m = _resize_mask(sampled_mask, size, size)
+    m = resize_mask(sampled_mask, size, size)
     ll = m * F.logsigmoid(z) + (1.0 - m) * F.logsigmoid(-z)
     return ll.flatten(1).mean(-1)
 
 
 def bce_dice_loss(mask_logits: torch.Tensor, gt: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """BCE + Dice of (N, h, w) logits against (N, H, W) ground truth (resized to h x w). Returns (N,)."""
-    target = _resize_mask(gt, *mask_logits.shape[-2:])
+    target = resize_mask(gt, *mask_logits.shape[-2:])
     z = mask_logits.float()
     bce = F.binary_cross_entropy_with_logits(z, target, reduction="none").flatten(1).mean(-1)
     p = torch.sigmoid(z).flatten(1)
@@ -157,7 +157,7 @@ def decoder_score_loss(all_logits: torch.Tensor, all_ious: torch.Tensor, object_
 
     `all_logits` (N, M, h, w), `all_ious` (N, M), `object_scores` (N, 1) or (N,), `gt` (N, H, W)."""
     n, _, h, w = all_logits.shape
-    target = _resize_mask(gt, h, w)
+    target = resize_mask(gt, h, w)
     present = (gt.flatten(1) > 0).any(-1).float()
     obj = F.binary_cross_entropy_with_logits(object_scores.reshape(n).float(), present, reduction="none")
     with torch.no_grad():

@@ -71,7 +71,6 @@ class TextPromptTrainer:
         import torch
 
         self.all_candidates = all_candidates
-
         self.model = model
         self.features_of = features_of
         self.index = {w: i + 1 for i, w in enumerate(sorted(set(vocabulary)))}  # 0: unknown word
@@ -111,8 +110,7 @@ class TextPromptTrainer:
         n, k = out.all_logits.shape[:2]
         per_candidate = bce_dice_loss(out.all_logits.flatten(0, 1), gt.repeat_interleave(k, 0)).view(n, k)
         pulled = per_candidate.mean(dim=1) if self.all_candidates else per_candidate.min(dim=1).values
-        loss = pulled + decoder_score_loss(out.all_logits, out.all_ious,
-                                                                    out.object_score_logits, gt)
+        loss = pulled + decoder_score_loss(out.all_logits, out.all_ious, out.object_score_logits, gt)
         loss = loss.mean()
         self.opt.zero_grad()
         loss.backward()
@@ -126,8 +124,8 @@ def referring_scores(trainer: TextPromptTrainer, env, sample_ids: list[str]) -> 
     expression's target is visible): mean IoU between masks of expressions whose targets differ
     there (ground-truth IoU < 0.5) and mean IoU of each mask with its own target."""
     import torch
-    import torch.nn.functional as F
 
+    from learner.losses import resize_mask
     from segmentation.metrics import mask_iou
 
     by_video: dict[str, list] = {}
@@ -143,8 +141,8 @@ def referring_scores(trainer: TextPromptTrainer, env, sample_ids: list[str]) -> 
             frame = seen[0]
             out = trainer.decode([(s, frame) for s in group], [s.expression for s in group])
             pred = (out.low_res_logits[:, 0] > 0).numpy()
-            gts = [F.adaptive_avg_pool2d(torch.as_tensor(env.gt_masks(s, [frame])[0], dtype=torch.float32)[None, None],
-                                         pred.shape[-2:])[0, 0].numpy() > 0.5 for s in group]
+            gts = [resize_mask(torch.as_tensor(env.gt_masks(s, [frame])[0])[None], *pred.shape[-2:])[0].numpy() > 0.5
+                   for s in group]
             own += [mask_iou(p, g) for p, g in zip(pred, gts)]
             cross += [mask_iou(pred[a], pred[b]) for a, b in itertools.combinations(range(len(group)), 2)
                       if mask_iou(gts[a], gts[b]) < 0.5]
@@ -158,6 +156,7 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
     (atomically) and `<out>.json`. Returns the report."""
     import torch
 
+    from env.datasets import held_out_videos
     from env.service import EnvService
     from learner.system import prepare_sam2, resolve_paths
     from segmentation.features import frame_key
@@ -170,10 +169,7 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
     env = EnvService(cfg.env, cfg.data.train, cache_dir=cache_dir)
     ids = env.sample_ids()
     videos = sorted({env.sample(s).video_id for s in ids})
-    if len(videos) < 2:
-        raise ValueError("text-prompt pre-training needs at least two videos (one is held out)")
-    order = np.random.default_rng(seed).permutation(len(videos))
-    held_videos = {videos[i] for i in order[:max(1, int(round(len(videos) * held_out_fraction)))]}
+    held_videos = held_out_videos(videos, held_out_fraction, seed)
     held_ids = [s for s in ids if env.sample(s).video_id in held_videos]
     train_ids = [s for s in ids if env.sample(s).video_id not in held_videos]
     train = referred_frames(env, train_ids, frame_stride)
@@ -208,7 +204,8 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
         if step % 50 == 0 or step + 1 == steps:
             log.info("step %d/%d loss %.4f", step + 1, steps, losses[-1])
     after = referring_scores(trainer, env, held_ids)
-    report = {"checkpoint": str(out_path) if out_path else None, "sam2_config": cfg.model.sam2_config, "image_size": model.image_size,
+    report = {"checkpoint": str(out_path) if out_path else None, "sam2_config": cfg.model.sam2_config,
+              "image_size": model.image_size,
               "train_frames": len(train), "train_videos": len(videos) - len(held_videos),
               "held_out_videos": len(held_videos), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
               "candidate_loss": "all" if all_candidates else "best",

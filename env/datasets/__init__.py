@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from env.datasets.base import Dataset, VideoInfo, fingerprint_of, make_sample_id
+from env.datasets.base import Dataset, VideoInfo, fingerprint_of, held_out_videos, make_sample_id
 from env.datasets.mask_dict import MaskDictDataset, read_json
 from env.datasets.palette import PaletteDataset, open_davis, open_refytvos
 from env.errors import DatasetFormatError
@@ -37,7 +37,7 @@ MASK_DICT_META = {
 }
 
 __all__ = ["Dataset", "VideoInfo", "MaskDictDataset", "PaletteDataset", "load_dataset", "make_sample_id",
-           "synthetic_root", "synthetic_key", "fingerprint_of"]
+           "synthetic_root", "synthetic_key", "fingerprint_of", "held_out_videos"]
 
 
 def _generator_version() -> str:

@@ -41,6 +41,17 @@ def make_sample_id(dataset: str, video_id: str, exp_id: str) -> str:
     return f"{dataset}/{video_id}/{exp_id}"
 
 
+def held_out_videos(video_ids: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """A seeded share of the distinct video ids to hold out (at least one, never all), so records
+    of one video never sit on both sides of a split."""
+    videos = sorted(set(video_ids))
+    if len(videos) < 2:
+        raise ValueError("a held-out split needs at least two videos (one is held out)")
+    n = min(len(videos) - 1, max(1, int(round(len(videos) * fraction))))
+    order = np.random.default_rng(seed).permutation(len(videos))
+    return {videos[i] for i in order[:n]}
+
+
 def fingerprint_of(fmt: str, root: Path, files: list[Path]) -> str:
     """Short hash of what identifies the data: format, absolute root, annotation files' size/mtime."""
     h = hashlib.sha256(f"{fmt}|{Path(root).resolve()}".encode())

@@ -1,9 +1,11 @@
-"""Pure helpers of benchmarks.route_probe and segmentation.pretrain_text_prompt."""
+"""Pure helpers of benchmarks.route_probe and segmentation.pretrain_text_prompt (and the held-out
+video split both use, env.datasets.held_out_videos)."""
 
 import pytest
 
 from segmentation.pretrain_text_prompt import expression_words
-from benchmarks.route_probe import last_seg_per_row, split_videos
+from benchmarks.route_probe import last_seg_per_row
+from env.datasets import held_out_videos as split_videos
 
 
 def test_split_videos_is_seeded_and_never_empty_or_total():
