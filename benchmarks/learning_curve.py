@@ -93,10 +93,10 @@ def pretrain_sam2(train: str, out: Path, steps: int) -> Path:
     """The tiny SAM2's text-prompt pre-training (the stand-in for a pretrained promptable SAM2) on
     the RL prompt pool's videos; returns the checkpoint, reused when its report exists."""
     from configs import load_config
-    from segmentation.pretrain_text_prompt import pretrain
+    from segmentation.pretrain_text_prompt import pretrain, words_path
 
     ckpt = out / "sam2_text.pt"
-    if ckpt.is_file() and ckpt.with_suffix(".json").is_file():
+    if ckpt.is_file() and ckpt.with_suffix(".json").is_file() and words_path(ckpt).is_file():
         _log(f"SAM2 text-prompt pre-training: reusing {ckpt}")
         return ckpt
     report = pretrain(load_config("debug_cpu", [f"data.train=[{train}]"]), ckpt, steps, 16, 3e-4, 0)
@@ -185,6 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sam2-pretrain-steps", type=int, default=0,
                     help="text-prompt pre-train the tiny SAM2 for this many steps first (segmentation."
                          "pretrain_text_prompt) and use it in every stage; 0 keeps the random tiny SAM2")
+    ap.add_argument("--prompt-align-weight", type=float, default=0.0,
+                    help="SFT only: sft.prompt_align_weight against the pre-trained SAM2's word vectors "
+                         "(needs --sam2-pretrain-steps); 0 trains [SEG] through the mask loss alone")
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
@@ -206,6 +209,8 @@ def main(argv=None) -> int:
         ap.error("--decoder-lr-scale must be >= 0")
     if args.sam2_pretrain_steps < 0:
         ap.error("--sam2-pretrain-steps must be >= 0")
+    if args.prompt_align_weight < 0 or (args.prompt_align_weight > 0 and not args.sam2_pretrain_steps):
+        ap.error("--prompt-align-weight must be >= 0 and needs --sam2-pretrain-steps (its word vectors are the target)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -214,10 +219,15 @@ def main(argv=None) -> int:
     started = time.time()
 
     extra = [f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
-    sam2 = []
+    sam2, sft_only = [], []
     if args.sam2_pretrain_steps:
-        sam2 = [f"model.sam2_checkpoint={pretrain_sam2(rl_train, work, args.sam2_pretrain_steps)}"]
+        ckpt = pretrain_sam2(rl_train, work, args.sam2_pretrain_steps)
+        sam2 = [f"model.sam2_checkpoint={ckpt}"]
         extra += sam2
+        if args.prompt_align_weight:
+            from segmentation.pretrain_text_prompt import words_path
+
+            sft_only = [f"sft.prompt_teacher={words_path(ckpt)}", f"sft.prompt_align_weight={args.prompt_align_weight}"]
     sft_policies, rl_runs, rl_curves = {}, {}, {}
     for seed in args.seeds:
         sft_dir, rl_dir = work / f"sft_s{seed}", work / f"rl_s{seed}"
@@ -226,7 +236,8 @@ def main(argv=None) -> int:
             _log(f"SFT seed {seed}: reusing {sft_policies[seed]}")
         else:
             oracle = make_oracle_data(train, work, seed)
-            sft_policies[seed] = run_sft_stage(train, oracle, sft_dir, seed, args.sft_steps, args.sft_lr, extra)
+            sft_policies[seed] = run_sft_stage(train, oracle, sft_dir, seed, args.sft_steps, args.sft_lr,
+                                                 extra + sft_only)
         rl_runs[seed] = rl_dir
         done = sorted(p for p in (rl_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists()) \
             if (rl_dir / "checkpoints").is_dir() else []

@@ -335,6 +335,13 @@ class SFTConfig(Section):
     warmup_steps: int = Field(0, ge=0)
     lm_loss_weight: float = Field(1.0, ge=0, description="token-mean cross-entropy on assistant tokens")
     mask_loss_weight: float = Field(1.0, ge=0, description="BCE + Dice of every [SEG]'s mask")
+    prompt_teacher: Path | None = Field(
+        None, description="word-vector file of a text-prompt pre-trained SAM2 (segmentation.pretrain_text_prompt "
+        "writes <checkpoint>.words.pt); the expression's prompt vector there is the target of prompt_align_weight")
+    prompt_align_weight: float = Field(
+        0.0, ge=0, description="weight of the mean squared error between every projected [SEG] token and the "
+        "teacher's prompt for the expression, divided by the teacher prompts' variance over the training "
+        "expressions (1 = the error of always writing the mean prompt); 0 = off; needs prompt_teacher")
     mask_on_seen_keyframe: bool = Field(
         True, description="besides the keyframe a turn writes, supervise its [SEG] on the keyframe it was "
         "looking at (the frame the RL reward judges it on)")
@@ -351,6 +358,9 @@ class SFTConfig(Section):
     def _some_loss(self) -> "SFTConfig":
         if self.lm_loss_weight == 0 and self.mask_loss_weight == 0:
             raise ValueError("lm_loss_weight and mask_loss_weight are both 0: nothing to train")
+        if self.prompt_align_weight > 0 and self.prompt_teacher is None:
+            raise ValueError("prompt_align_weight > 0 needs sft.prompt_teacher (a .words.pt file written by "
+                             "python -m segmentation.pretrain_text_prompt)")
         return self
 
 

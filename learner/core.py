@@ -400,19 +400,25 @@ class LearnerCore:
 
     # ----------------------------------------------------------------------- SFT step
     def sft_step(self, trajs: list[Trajectory], targets: list[list[list[tuple[str, np.ndarray]]]],
-                 features: dict[str, dict], lm_weight: float = 1.0, mask_weight: float = 1.0) -> dict:
+                 features: dict[str, dict], lm_weight: float = 1.0, mask_weight: float = 1.0,
+                 prompt_targets: list[torch.Tensor] | None = None, align_weight: float = 0.0) -> dict:
         """One supervised optimizer step (cold start on VTS-CoT): token-mean cross-entropy on the
         assistant tokens (loss mask 1) plus the mean BCE + Dice of every turn's [SEG] mask.
 
         `targets[i][turn]` lists (feature key, ground-truth mask) pairs for that turn's [SEG];
         `features[key]` holds the frame's decode-ready SAM2 features (RewardPoolCore.export_features).
+        With `prompt_targets[i]` (a prompt-token vector per trajectory) and `align_weight` > 0, the
+        mean squared error of every projected [SEG] token against its trajectory's vector is added.
         The normalisers cover the whole batch, so micro-batching does not change the loss."""
         module = self.module
         module.train()
         groups = self._micro_batches(trajs)
         n_tokens = max(1, sum(t.num_generated for t in trajs))
         n_masks = max(1, sum(len(pairs) for per_turn in targets for pairs in per_turn))
-        sums = {"lm_loss": 0.0, "mask_loss": 0.0, "score_loss": 0.0, "correct": 0.0, "tokens": 0.0, "masks": 0.0}
+        n_segs = max(1, sum(sum(1 for turn in t.turns if turn.seg_position >= 0) for t in trajs))
+        aligning = prompt_targets is not None and align_weight > 0
+        sums = {"lm_loss": 0.0, "mask_loss": 0.0, "score_loss": 0.0, "align_loss": 0.0, "correct": 0.0,
+                "tokens": 0.0, "masks": 0.0}
         for g, index in enumerate(groups):
             mb = self._collate(trajs, index)
             hidden = self._hidden(module, mb)
@@ -427,8 +433,16 @@ class LearnerCore:
                     gts.append(gt)
             mask_sum = torch.zeros((), device=self.device)
             score_sum = torch.zeros((), device=self.device)
+            align_sum = torch.zeros((), device=self.device)
+            all_embeds = None
+            if mb.seg_turns and (aligning or (keys and mask_weight > 0)):
+                all_embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)
+            if aligning and all_embeds is not None:
+                goal = torch.stack([prompt_targets[ti] for ti, _ in mb.seg_turns]).to(self.device, torch.float32)
+                align_sum = ((all_embeds.float() - goal) ** 2).mean(dim=-1).sum()
+                loss = loss + align_weight * align_sum / n_segs
             if keys and mask_weight > 0:
-                embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)[torch.tensor(rows, device=self.device)]
+                embeds = all_embeds[torch.tensor(rows, device=self.device)]
                 out = self._decode_on_frames(embeds, keys, features)
                 for j, gt in enumerate(gts):
                     target = torch.as_tensor(np.asarray(gt, dtype=np.float32), device=self.device)
@@ -441,12 +455,14 @@ class LearnerCore:
             sums["lm_loss"] += float(nll.detach()) / n_tokens
             sums["mask_loss"] += float(mask_sum.detach()) / n_masks
             sums["score_loss"] += float(score_sum.detach()) / n_masks
+            sums["align_loss"] += float(align_sum.detach()) / n_segs
             sums["correct"] += float((logits.argmax(-1) == labels).sum())
             sums["tokens"] += float(len(labels))
             sums["masks"] += float(len(keys))
         self.engine.step()
         self.updates += 1
         return {"lm_loss": sums["lm_loss"], "mask_loss": sums["mask_loss"], "score_loss": sums["score_loss"],
+                "align_loss": sums["align_loss"],
                 "token_accuracy": sums["correct"] / max(sums["tokens"], 1.0), "tokens": sums["tokens"],
                 "masks": sums["masks"], "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                 "lr": float(self.scheduler.get_last_lr()[0])}

@@ -3,6 +3,9 @@
     records (sft.trajectories) -> replay on the env (identical tokens to rollouts) -> batches
     -> LearnerCore.sft_step: cross-entropy on assistant tokens + BCE/Dice on every turn's [SEG]
        (SAM2 image features of the keyframes from an in-process reward-pool core)
+       [+ optional: every projected [SEG] token pulled towards a text-prompt teacher's prompt for
+        the expression (sft.prompt_teacher, sft.prompt_align_weight); off by default, it stands in
+        for the grounding a pretrained VLM brings, which a tiny random policy lacks]
     -> sft.output_dir/{config.yaml, metrics.jsonl, summary.json, policy/}
 
 `policy/` is a complete HF policy with the [SEG] heads: point `model.policy` of the GRPO driver
@@ -169,6 +172,16 @@ def run_sft(cfg: Config) -> dict:
     metrics = open(out / "metrics.jsonl", "w")
     summary: dict = {"records": len(records), "used": len(examples), "skipped": session.skipped[:50],
                      "policy_in": str(session.policy_dir), "trajectories": str(cfg.sft.trajectories)}
+    teacher = None
+    if s.prompt_align_weight > 0:
+        from segmentation.pretrain_text_prompt import PromptTeacher
+
+        teacher = PromptTeacher(s.prompt_teacher)
+        if teacher.width != core.module.projector.out_dim:
+            raise ValueError(f"sft.prompt_teacher {s.prompt_teacher} has {teacher.width}-d prompts, the [SEG] "
+                             f"projector writes {core.module.projector.out_dim}-d ones (another SAM2 config?)")
+        spread = teacher.spread([ex.traj.sample.expression for ex in examples])
+        summary["prompt_teacher"] = {"path": str(s.prompt_teacher), "spread": spread}
     try:
         summary["probe_before"] = probe(core)
         order = batch_order(len(examples), s.batch_size, cfg.run.seed)
@@ -177,7 +190,10 @@ def run_sft(cfg: Config) -> dict:
             t0 = time.time()
             batch = [examples[i] for i in next(order)]
             trajs, targets, feats = step_targets(batch, source)
-            stats = core.sft_step(trajs, targets, feats, s.lm_loss_weight, s.mask_loss_weight)
+            prompts = [teacher(ex.traj.sample.expression) for ex in batch] if teacher else None
+            # Divided by the spread, an align loss of 1 is what always writing the mean prompt scores.
+            stats = core.sft_step(trajs, targets, feats, s.lm_loss_weight, s.mask_loss_weight, prompts,
+                                  s.prompt_align_weight / spread if teacher else 0.0)
             rec = {"step": step, **stats, "seconds": time.time() - t0}
             first = first or rec
             if s.validate_every and (step + 1) % s.validate_every == 0 and step + 1 < s.steps:
@@ -185,8 +201,9 @@ def run_sft(cfg: Config) -> dict:
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             if step % s.log_every == 0 or step + 1 == s.steps:
-                log.info("sft step %d/%d lm %.4f mask %.4f heads %.4f acc %.3f", step + 1, s.steps, stats["lm_loss"],
-                         stats["mask_loss"], stats["score_loss"], stats["token_accuracy"])
+                log.info("sft step %d/%d lm %.4f mask %.4f heads %.4f align %.4f acc %.3f", step + 1, s.steps,
+                         stats["lm_loss"], stats["mask_loss"], stats["score_loss"], stats["align_loss"],
+                         stats["token_accuracy"])
         summary.update(first_step=first, last_step=rec)
         summary["probe_after"] = probe(core)
         policy_out = core.export_policy(out / "policy")

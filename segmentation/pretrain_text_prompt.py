@@ -9,8 +9,11 @@ the way text-promptable SAM variants are trained: a bag-of-words expression enco
 vector per word, averaged) fills the [SEG] slot of the language decode (segmentation.language_decode,
 the policy's own layout), and the prompt encoder and mask decoder learn the referred object's mask
 plus the IoU and object-score heads. The image encoder stays frozen (the reward pool's features).
-Only SAM2's weights are written: the word vectors are dropped, so the policy still has to learn to
-speak the decoder's prompt language through its own [SEG] state.
+The checkpoint holds SAM2's weights only. The word vectors go to `<checkpoint>.words.pt`: they are
+the prompt language the decoder learned, and `PromptTeacher` reads them so SFT can pull the
+policy's projected [SEG] tokens towards the expression's prompt (sft.prompt_align_weight). The mask
+loss alone does not teach a tiny random policy that language in a few hundred steps
+(benchmarks/results/seg_probe.md); a pretrained VLM brings it from its own grounding pre-training.
 
 The JSON report next to the checkpoint measures, on held-out videos, whether masks follow the
 expression: cross-target IoU (the masks of two expressions whose targets differ, on one shared
@@ -25,6 +28,7 @@ Usage:
     python -m segmentation.pretrain_text_prompt --out runs/sam2_text/sam2_tiny_text.pt \
         [--steps 600] [--batch 16] [--lr 3e-4] [--seed 0] [--preset debug_cpu] [overrides ...]
     then: model.sam2_checkpoint=runs/sam2_text/sam2_tiny_text.pt (with model.sam2_config=tiny)
+    and, for SFT: sft.prompt_teacher=runs/sam2_text/sam2_tiny_text.words.pt sft.prompt_align_weight=1
 Frames and expressions come from the config's data.train (synthetic by default).
 """
 
@@ -48,6 +52,57 @@ log = logging.getLogger("segmentation.pretrain_text_prompt")
 def expression_words(text: str) -> list[str]:
     """Lower-case word tokens of an expression (punctuation dropped)."""
     return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def words_path(checkpoint: str | Path) -> Path:
+    """Where the word vectors of `checkpoint` are written: next to it, suffix .words.pt."""
+    return Path(checkpoint).with_suffix(".words.pt")
+
+
+def bag_of_words(index: dict[str, int], vectors, text: str):
+    """(C,) mean of the word vectors of `text`; words not in `index` use row 0."""
+    import torch
+
+    ids = [index.get(w, 0) for w in expression_words(text)] or [0]
+    return vectors[torch.tensor(ids)].mean(0)
+
+
+class PromptTeacher:
+    """The expression -> prompt-vector map learned by text-prompt pre-training (read-only)."""
+
+    def __init__(self, path: str | Path):
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt teacher {path} does not exist; python -m "
+                                    f"segmentation.pretrain_text_prompt --out CKPT writes CKPT's .words.pt")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            vocabulary, vectors = list(state["vocabulary"]), state["vectors"].float()
+        except Exception as exc:  # a truncated or foreign file
+            raise ValueError(f"{path} is not a word-vector file of pretrain_text_prompt: {exc}") from exc
+        if vectors.ndim != 2 or vectors.shape[0] != len(vocabulary) + 1:
+            raise ValueError(f"{path}: {vectors.shape[0]} vectors for {len(vocabulary)} words (expected one more, "
+                             f"for unknown words)")
+        self.index = {w: i + 1 for i, w in enumerate(vocabulary)}
+        self.vectors = vectors
+        self.width = vectors.shape[1]
+
+    def __call__(self, expression: str):
+        return bag_of_words(self.index, self.vectors, expression)
+
+    def spread(self, expressions: list[str]) -> float:
+        """Mean per-channel variance of the prompts of the distinct `expressions`: the squared error
+        of always answering their mean prompt. Raises ValueError when fewer than two prompts differ."""
+        import torch
+
+        prompts = torch.stack([self(e) for e in sorted(set(expressions))])
+        value = float(prompts.var(0, unbiased=False).mean()) if len(prompts) > 1 else 0.0
+        if value <= 1e-12:
+            raise ValueError("the prompt teacher gives every expression the same prompt (fewer than two "
+                             "distinct expressions, or none of their words is in its vocabulary)")
+        return value
 
 
 def referred_frames(env, sample_ids: list[str], stride: int = 1) -> list[tuple]:
@@ -87,11 +142,16 @@ class TextPromptTrainer:
         """(N, C) prompt vectors: the mean word vector of each expression."""
         import torch
 
-        rows = []
-        for text in expressions:
-            ids = [self.index.get(w, 0) for w in expression_words(text)] or [0]
-            rows.append(self.words[torch.tensor(ids)].mean(0))
-        return torch.stack(rows)
+        return torch.stack([bag_of_words(self.index, self.words, text) for text in expressions])
+
+    def save_words(self, path: Path) -> None:
+        """The word table (vocabulary in index order, vectors with row 0 for unknown words)."""
+        import torch
+
+        vocabulary = sorted(self.index, key=self.index.get)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"vocabulary": vocabulary, "vectors": self.words.detach().clone()}, tmp)
+        os.replace(tmp, path)
 
     def decode(self, frames: list[tuple], expressions: list[str]):
         from segmentation.language_decode import language_decode
@@ -204,7 +264,8 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
         if step % 50 == 0 or step + 1 == steps:
             log.info("step %d/%d loss %.4f", step + 1, steps, losses[-1])
     after = referring_scores(trainer, env, held_ids)
-    report = {"checkpoint": str(out_path) if out_path else None, "sam2_config": cfg.model.sam2_config,
+    report = {"checkpoint": str(out_path) if out_path else None,
+              "prompt_teacher": str(words_path(out_path)) if out_path else None, "sam2_config": cfg.model.sam2_config,
               "image_size": model.image_size,
               "train_frames": len(train), "train_videos": len(videos) - len(held_videos),
               "held_out_videos": len(held_videos), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
@@ -216,6 +277,7 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
         tmp = out_path.with_suffix(f".tmp{os.getpid()}")
         torch.save({"model": model.state_dict()}, tmp)
         os.replace(tmp, out_path)
+        trainer.save_words(words_path(out_path))
         out_path.with_suffix(".json").write_text(json.dumps(report, indent=1))
     log.info("held-out %s -> %s", before, after)
     return report

@@ -58,6 +58,14 @@ def test_text_prompt_pretraining_writes_a_checkpoint_the_tiny_sam2_loads(tmp_pat
     assert torch.equal(loaded.state_dict()[name], saved[name])
     random = sam2_from_model_config(load_config("debug_cpu", [SYN]).model, "cpu")
     assert not torch.equal(random.state_dict()[name], saved[name])
+    # The word vectors it learned are the SFT prompt teacher; its prompts fit the decoder's width.
+    from segmentation.pretrain_text_prompt import PromptTeacher, words_path
+
+    assert report["prompt_teacher"] == str(words_path(ckpt))
+    teacher = PromptTeacher(words_path(ckpt))
+    assert teacher.width == loaded.sam_prompt_encoder.embed_dim
+    assert {"circle", "red"} <= set(teacher.index) or len(teacher.index) > 3
+    assert not torch.equal(teacher("red circle"), teacher("blue square"))
 
 
 def test_text_prompt_pretraining_needs_two_videos(capsys):

@@ -78,3 +78,32 @@ def test_cli_reports_missing_inputs_clearly(tmp_path, capsys):
     assert "nope.jsonl" in capsys.readouterr().err
     assert main(["sft.lr=7"]) == 2
     assert "sft.lr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prompt_alignment_pulls_the_projected_seg_tokens_to_the_teacher(tmp_path, oracle_file):
+    import torch
+
+    from learner.sft import run_sft
+    from segmentation.pretrain_text_prompt import expression_words, words_path
+    from segmentation.sam2_models import sam2_from_model_config
+
+    width = sam2_from_model_config(load_config("debug_cpu", [SYN]).model, "cpu").sam_prompt_encoder.embed_dim
+    records = [json.loads(line) for line in oracle_file.read_text().splitlines() if line.strip()]
+    assert records
+    # A teacher whose prompts the random projector does not already write: one random vector per word.
+    words = sorted({w for r in records for w in expression_words(json.dumps(r))})
+    teacher = words_path(tmp_path / "sam2_text.pt")
+    torch.save({"vocabulary": words, "vectors": torch.randn(len(words) + 1, width,
+                                                            generator=torch.Generator().manual_seed(0))}, teacher)
+    summary = run_sft(_cfg(tmp_path, oracle_file, "sft.steps=12", "sft.lr=3e-3", "sft.batch_size=2",
+                           f"sft.prompt_teacher={teacher}", "sft.prompt_align_weight=1.0"))
+    first, last = summary["first_step"], summary["last_step"]
+    assert first["align_loss"] > 0.1
+    assert last["align_loss"] < 0.5 * first["align_loss"], (first, last)
+
+    # prompts of another width (a teacher of another SAM2 config) are refused before training
+    torch.save({"vocabulary": words, "vectors": torch.zeros(len(words) + 1, width + 1)}, teacher)
+    with pytest.raises(ValueError, match="projector writes"):
+        run_sft(_cfg(tmp_path / "wide", oracle_file, "sft.steps=1", f"sft.prompt_teacher={teacher}",
+                     "sft.prompt_align_weight=1.0"))
