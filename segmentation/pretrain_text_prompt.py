@@ -59,6 +59,11 @@ def words_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".words.pt")
 
 
+def word_index(vocabulary: list[str]) -> dict[str, int]:
+    """Word -> row of the word-vector table, in vocabulary order from row 1 (row 0: unknown words)."""
+    return {w: i + 1 for i, w in enumerate(vocabulary)}
+
+
 def bag_of_words(index: dict[str, int], vectors, text: str):
     """(C,) mean of the word vectors of `text`; words not in `index` use row 0."""
     import torch
@@ -85,7 +90,7 @@ class PromptTeacher:
         if vectors.ndim != 2 or vectors.shape[0] != len(vocabulary) + 1:
             raise ValueError(f"{path}: {vectors.shape[0]} vectors for {len(vocabulary)} words (expected one more, "
                              f"for unknown words)")
-        self.index = {w: i + 1 for i, w in enumerate(vocabulary)}
+        self.index = word_index(vocabulary)
         self.vectors = vectors
         self.width = vectors.shape[1]
 
@@ -128,7 +133,7 @@ class TextPromptTrainer:
         self.all_candidates = all_candidates
         self.model = model
         self.features_of = features_of
-        self.index = {w: i + 1 for i, w in enumerate(sorted(set(vocabulary)))}  # 0: unknown word
+        self.index = word_index(sorted(set(vocabulary)))
         gen = torch.Generator().manual_seed(seed)
         width = model.sam_prompt_encoder.embed_dim
         self.words = torch.nn.Parameter(torch.randn(len(self.index) + 1, width, generator=gen))
@@ -148,9 +153,8 @@ class TextPromptTrainer:
         """The word table (vocabulary in index order, vectors with row 0 for unknown words)."""
         import torch
 
-        vocabulary = sorted(self.index, key=self.index.get)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"vocabulary": vocabulary, "vectors": self.words.detach().clone()}, tmp)
+        torch.save({"vocabulary": list(self.index), "vectors": self.words.detach().clone()}, tmp)
         os.replace(tmp, path)
 
     def decode(self, frames: list[tuple], expressions: list[str]):

@@ -64,7 +64,8 @@ def test_text_prompt_pretraining_writes_a_checkpoint_the_tiny_sam2_loads(tmp_pat
     assert report["prompt_teacher"] == str(words_path(ckpt))
     teacher = PromptTeacher(words_path(ckpt))
     assert teacher.width == loaded.sam_prompt_encoder.embed_dim
-    assert {"circle", "red"} <= set(teacher.index) or len(teacher.index) > 3
+    # every synthetic expression says "the"; colours and shapes make the vocabulary larger than that
+    assert "the" in teacher.index and len(teacher.index) > 3
     assert not torch.equal(teacher("red circle"), teacher("blue square"))
 
 
