@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_learner --quick                        # CPU, tiny policy
     python -m benchmarks.bench_learner --device cuda --shape qwen3-vl-2b --seqs 16 --seq-len 4096
+    python -m benchmarks.bench_learner --quick --vision-attention both  # batched vs per-block attention
 
 What runs is the production path (`learner.core.LearnerCore.train`): DeepSpeed ZeRO-2, bf16 on GPU,
 gradient checkpointing, the policy-gradient term with truncated IS, k3 KL against reference
@@ -26,6 +27,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -195,7 +198,7 @@ def run(args) -> dict:
         f"learner.gradient_checkpointing={'true' if gpu and not args.no_gc else 'false'}",
         f"learner.calibration={'false' if args.no_calibration else 'true'}",
         f"learner.micro_batch_tokens={args.micro_batch_tokens}", "learner.kl_coef=0.04",
-        "learner.reference_policy=none", "learner.lr=1e-6",
+        "learner.reference_policy=none", "learner.lr=1e-6", f"model.vision_attention={args.vision_attention}",
     ]
     cfg = load_config("debug_cpu", overrides)
     distributed_env(0, 1, "127.0.0.1", 29700 + os.getpid() % 200)
@@ -278,7 +281,8 @@ def run(args) -> dict:
                    "calibration": cfg.learner.calibration, "aux_mask_loss": cfg.learner.aux_mask_weight,
                    "micro_batch_tokens": cfg.learner.micro_batch_tokens, "params": n_params,
                    "sam2": f"{sam_cfg}@{sam_size}", "distinct_frames": len(seen),
-                   "frame_slots": sum(len(t.frames) for t in trajs)},
+                   "frame_slots": sum(len(t.frames) for t in trajs),
+                   "vision_attention": cfg.model.vision_attention},
         "step_seconds_median": round(step_s, 4),
         "step_seconds_all": [round(x, 4) for x in times],
         "tokens_per_s": round(tokens / step_s, 1),
@@ -296,6 +300,41 @@ def run(args) -> dict:
     }
 
 
+def _drop_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def compare_vision_attention(argv: list[str]) -> dict:
+    """Run the benchmark once per vision-attention setting, each in a fresh process (so neither
+    inherits the other's allocator state), and report batched against the per_block baseline."""
+    import tempfile
+
+    base = _drop_option(_drop_option(list(argv), "--vision-attention"), "--out")
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("per_block", "batched"):
+            out = Path(tmp) / f"{mode}.json"
+            subprocess.run([sys.executable, "-m", "benchmarks.bench_learner", *base, "--vision-attention", mode,
+                            "--out", str(out)], check=True)
+            runs[mode] = json.loads(out.read_text())
+    result = {k: v for k, v in runs["batched"].items() if k not in ("benchmark", "command", "timestamp", "machine")}
+    result["baseline_per_block"] = {k: runs["per_block"][k] for k in
+                                    ("step_seconds_median", "step_seconds_all", "tokens_per_s", "achieved_tflops",
+                                     "mfu_vs_h200_bf16_peak", "phase_seconds", "peak_gpu_mem_gb")}
+    result["speedup_vs_per_block"] = round(runs["per_block"]["step_seconds_median"]
+                                           / runs["batched"]["step_seconds_median"], 3)
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -310,12 +349,16 @@ def main(argv=None) -> int:
     ap.add_argument("--bf16", action="store_true", help="bf16 on CPU too (checks the mixed-precision path)")
     ap.add_argument("--profile", action="store_true", help="also profile one step (torch.profiler table)")
     ap.add_argument("--no-gc", action="store_true", help="no gradient checkpointing (more memory, no recompute)")
+    ap.add_argument("--vision-attention", default="batched", choices=["batched", "per_block", "both"],
+                    help="'both' measures per_block (baseline) then batched, each in its own process, "
+                    "and reports the ratio")
     ap.add_argument("--workdir", default=".cache/bench_learner")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(".cache/torch_extensions"))
-    result = run(args)
+    result = compare_vision_attention(argv if argv is not None else sys.argv[1:]) \
+        if args.vision_attention == "both" else run(args)
     name = "learner_cuda" if args.device.startswith("cuda") else "learner_cpu"
     path = write_result(name, result, args.out)
     print(json.dumps({k: result[k] for k in ("tokens_per_s", "achieved_tflops", "mfu_vs_h200_bf16_peak",

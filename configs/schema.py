@@ -46,6 +46,12 @@ class ModelConfig(Section):
     sam2_image_size: int = Field(1024, ge=64, le=2048, description="SAM2 input side in pixels")
     seg_embed_dim: int = Field(256, ge=1, description="width of SAM2 prompt tokens")
     dtype: Literal["fp32", "bf16"] = "bf16"
+    vision_attention: Literal["batched", "per_block"] = Field(
+        "batched",
+        description="learner's vision-tower attention without flash-attn: 'batched' stacks equal-length "
+        "images/windows into one call (same result, far fewer kernel launches); 'per_block' keeps "
+        "transformers' one call per image/window",
+    )
     cache_dir: Path = Field(Path(".cache/videoseg"), description="where tiny models are built and kept")
     allow_random_init: bool = Field(
         False,

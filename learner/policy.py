@@ -185,6 +185,10 @@ def build_policy(model_cfg, policy_dir: str | Path, device: str = "cpu", seed: i
 
         policy.load_head_state_dict(load_file(str(heads_path)))
         log.info("loaded [SEG] heads from %s", heads_path)
+    if model_cfg.vision_attention == "batched":
+        from learner.vision_attention import batch_vision_attention
+
+        log.info("vision attention batched in %d modules", batch_vision_attention(lm))
     if gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.config.use_cache = False

@@ -1,0 +1,90 @@
+"""Block-diagonal attention for the Qwen-VL vision towers in one call per distinct block length.
+
+Without flash-attn, transformers' Qwen2.5-VL / Qwen3-VL vision attention splits the packed patch
+sequence at `cu_seqlens` and runs one attention call per image (Qwen3-VL) or per window
+(Qwen2.5-VL). A learner step encodes hundreds of frames, so the vision tower becomes thousands of
+tiny kernel launches forward and backward (the H200 profile in benchmarks/results/GPU_RUNS.md).
+Frames of one video share a resolution, so their blocks have equal lengths: stacking equal-length
+blocks into a batch gives the same attention (each block still sees only itself) in a handful of
+calls. Only the attention call changes; the projections and rotary embedding are the module's own.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Vision attention classes whose forward(hidden_states, cu_seqlens, position_embeddings) packs
+# blocks the same way; others are left to transformers.
+SUPPORTED = ("Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention")
+
+
+def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                             scale: float) -> torch.Tensor:
+    """Attention of packed blocks, each attending only to itself.
+
+    q, k, v: (tokens, heads, head_dim) with block i spanning cu_seqlens[i]:cu_seqlens[i+1].
+    Returns (tokens, heads, head_dim). Blocks of equal length go through one SDPA call together.
+    """
+    tokens, heads, dim = q.shape
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != tokens or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
+        raise ValueError(f"cu_seqlens must rise from 0 to {tokens} tokens, got {bounds[:4]}...{bounds[-2:]}")
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    present = {n for n in lengths if n}
+    if len(present) == 1:  # every block the same length: a reshape, no gather
+        n = present.pop()
+        blocks = [t.reshape(tokens // n, n, heads, dim).transpose(1, 2) for t in (q, k, v)]
+        out = F.scaled_dot_product_attention(*blocks, scale=scale)
+        return out.transpose(1, 2).reshape(tokens, heads, dim)
+    starts_by_length: dict[int, list[int]] = defaultdict(list)
+    for start, n in zip(bounds[:-1], lengths):
+        if n:
+            starts_by_length[n].append(start)
+    pieces, order = [], []
+    for n, starts in starts_by_length.items():
+        index = (torch.tensor(starts, device=q.device)[:, None] + torch.arange(n, device=q.device)).reshape(-1)
+        blocks = [t.index_select(0, index).reshape(len(starts), n, heads, dim).transpose(1, 2) for t in (q, k, v)]
+        out = F.scaled_dot_product_attention(*blocks, scale=scale)
+        pieces.append(out.transpose(1, 2).reshape(-1, heads, dim))
+        order.append(index)
+    # Put each token back at its packed position.
+    inverse = torch.empty(tokens, dtype=torch.long, device=q.device)
+    order_t = torch.cat(order)
+    inverse[order_t] = torch.arange(tokens, device=q.device)
+    return torch.cat(pieces).index_select(0, inverse)
+
+
+def _batched_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
+    tokens = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(tokens, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = self._apply_rotary(q, k, cos, sin)
+    out = block_diagonal_attention(q, k, v, cu_seqlens, self.scaling)
+    return self.proj(out.reshape(tokens, -1))
+
+
+def batch_vision_attention(model: nn.Module) -> int:
+    """Route every supported vision attention module of `model` through block_diagonal_attention.
+
+    Returns how many modules were changed (0 for a model with no supported vision tower). Modules
+    configured for flash-attn keep transformers' varlen path, which is already one call per layer.
+    """
+    changed = 0
+    for module in model.modules():
+        if type(module).__name__ not in SUPPORTED or "flash" in str(module.config._attn_implementation or ""):
+            continue
+        rotary = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb_vision", None)
+        if rotary is None or not all(hasattr(module, a) for a in ("qkv", "proj", "num_heads", "scaling")):
+            raise RuntimeError(f"{type(module).__name__} no longer has the layout batch_vision_attention expects "
+                               "(transformers changed); set model.vision_attention=per_block")
+        module._apply_rotary = rotary
+        module.forward = types.MethodType(_batched_forward, module)
+        changed += 1
+    return changed
