@@ -188,6 +188,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-align-weight", type=float, default=0.0,
                     help="SFT only: sft.prompt_align_weight against the pre-trained SAM2's word vectors "
                          "(needs --sam2-pretrain-steps); 0 trains [SEG] through the mask loss alone")
+    ap.add_argument("--rl-prompt-align-weight", type=float, default=0.0,
+                    help="keep the [SEG] prompt anchor on during RL with this weight (learner.prompt_align_weight; "
+                    "needs --sam2-pretrain-steps)")
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
@@ -209,8 +212,10 @@ def main(argv=None) -> int:
         ap.error("--decoder-lr-scale must be >= 0")
     if args.sam2_pretrain_steps < 0:
         ap.error("--sam2-pretrain-steps must be >= 0")
-    if args.prompt_align_weight < 0 or (args.prompt_align_weight > 0 and not args.sam2_pretrain_steps):
-        ap.error("--prompt-align-weight must be >= 0 and needs --sam2-pretrain-steps (its word vectors are the target)")
+    for flag, weight in (("--prompt-align-weight", args.prompt_align_weight),
+                         ("--rl-prompt-align-weight", args.rl_prompt_align_weight)):
+        if weight < 0 or (weight > 0 and not args.sam2_pretrain_steps):
+            ap.error(f"{flag} must be >= 0 and needs --sam2-pretrain-steps (its word vectors are the target)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -219,15 +224,18 @@ def main(argv=None) -> int:
     started = time.time()
 
     extra = [f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
-    sam2, sft_only = [], []
+    sam2, sft_only, rl_only = [], [], []
     if args.sam2_pretrain_steps:
+        from segmentation.pretrain_text_prompt import words_path
+
         ckpt = pretrain_sam2(rl_train, work, args.sam2_pretrain_steps)
         sam2 = [f"model.sam2_checkpoint={ckpt}"]
         extra += sam2
         if args.prompt_align_weight:
-            from segmentation.pretrain_text_prompt import words_path
-
             sft_only = [f"sft.prompt_teacher={words_path(ckpt)}", f"sft.prompt_align_weight={args.prompt_align_weight}"]
+        if args.rl_prompt_align_weight:
+            rl_only = [f"learner.prompt_teacher={words_path(ckpt)}",
+                       f"learner.prompt_align_weight={args.rl_prompt_align_weight}"]
     sft_policies, rl_runs, rl_curves = {}, {}, {}
     for seed in args.seeds:
         sft_dir, rl_dir = work / f"sft_s{seed}", work / f"rl_s{seed}"
@@ -247,7 +255,7 @@ def main(argv=None) -> int:
             _log(f"RL seed {seed}: reusing {rl_dir} ({len(rl_curves[seed])} steps)")
         else:
             rl_curves[seed] = run_rl_stage(rl_train, sft_policies[seed], rl_dir, seed, args.rl_steps, args.rl_lr,
-                                           args.rl_prompts, extra)
+                                           args.rl_prompts, extra + rl_only)
     policies = [("base", "tiny-qwen2.5-vl")]
     policies += [(f"sft_s{s}", sft_policies[s]) for s in args.seeds]
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]

@@ -269,6 +269,20 @@ class LearnerConfig(Section):
     micro_batch_tokens: int = Field(16384, ge=64)
     num_ranks: int = Field(1, ge=1)
     freeze_vision: bool = False
+    prompt_teacher: Path | None = Field(
+        None, description="RL counterpart of sft.prompt_teacher: a .words.pt file of "
+        "segmentation.pretrain_text_prompt whose prompt for the expression anchors every projected [SEG]")
+    prompt_align_weight: float = Field(
+        0.0, ge=0, description="weight of the [SEG] prompt anchor during RL (squared error to the teacher's "
+        "prompt, divided by the teacher prompts' variance over the training expressions); 0 = off. It stops "
+        "the aux mask loss from wearing away the expression routing a tiny policy learned in SFT")
+
+    @model_validator(mode="after")
+    def _teacher_for_anchor(self):
+        if self.prompt_align_weight > 0 and self.prompt_teacher is None:
+            raise ValueError("learner.prompt_align_weight > 0 needs learner.prompt_teacher (a .words.pt file "
+                             "written by python -m segmentation.pretrain_text_prompt)")
+        return self
 
     @property
     def episodes_per_step(self) -> int:

@@ -52,6 +52,9 @@ class VideoEnvActor:
     def sample_ids(self, dataset: str | None = None) -> list[str]:
         return self._service.sample_ids(dataset)
 
+    def expressions(self, dataset: str | None = None) -> list[str]:
+        return self._service.expressions(dataset)
+
     def gt_masks(self, sample: Sample | str, indices: Sequence[int]) -> np.ndarray:
         return self._service.gt_masks(sample, indices)
 

@@ -77,6 +77,11 @@ class EnvService:
         names = [dataset] if dataset else list(self.datasets)
         return [s.sample_id for name in names for s in self.dataset(name).samples()]
 
+    def expressions(self, dataset: str | None = None) -> list[str]:
+        """The referring expression of every sample (of one dataset, or all)."""
+        names = [dataset] if dataset else list(self.datasets)
+        return [s.expression for name in names for s in self.dataset(name).samples()]
+
     # ------------------------------------------------------------------------ episodes
     def reset(self, sample: Sample | str, episode_id: str) -> StepResult:
         return self.logic.reset(self._resolve(sample), episode_id)

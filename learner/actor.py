@@ -64,7 +64,12 @@ class LearnerWorker:
 
         self.core = LearnerCore(self.cfg, self.policy_dir, self.rank, self.world_size,
                                 frame_fetcher=frames, feature_fetcher=features, gt_fetcher=gt)
-        return {"rank": self.rank, "pid": os.getpid(), "device": self.core.device}
+        info = {"rank": self.rank, "pid": os.getpid(), "device": self.core.device}
+        if self.cfg.learner.prompt_align_weight > 0:
+            names = [d.name for d in self.cfg.data.train]
+            expressions = [e for name in names for e in ray.get(env.expressions.remote(name))]
+            info["prompt_spread"] = self.core.set_prompt_pool(expressions)
+        return info
 
     def score(self, trajs: list):
         return self.core.score(trajs)

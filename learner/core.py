@@ -164,6 +164,14 @@ class LearnerCore:
             model=self.policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
             dist_init_required=True)
         self.dtype = torch.bfloat16 if lc.precision == "bf16" else torch.float32
+        self.prompt_teacher, self.prompt_anchor_scale = None, 0.0
+        if lc.prompt_align_weight > 0:
+            from segmentation.pretrain_text_prompt import PromptTeacher
+
+            self.prompt_teacher = PromptTeacher(lc.prompt_teacher)
+            if self.prompt_teacher.width != self.policy.projector.out_dim:
+                raise ValueError(f"learner.prompt_teacher {lc.prompt_teacher} has {self.prompt_teacher.width}-d "
+                                 f"prompts, the [SEG] projector writes {self.policy.projector.out_dim}-d ones")
         self.updates = 0
         self.sync_timing = False  # benchmarks set this for exact per-phase GPU times
         self._feature_memo: dict[str, dict] = {}
@@ -337,11 +345,32 @@ class LearnerCore:
         aux = torch.stack(aux_losses) if aux_losses else None
         return calib, aux, len(aux_losses)
 
+    def set_prompt_pool(self, expressions: list[str]) -> float:
+        """Fix the prompt anchor's normaliser from the training expressions; returns the teacher's
+        prompt variance over them (an anchor loss of 1 = always writing their mean prompt)."""
+        if self.prompt_teacher is None:
+            raise RuntimeError("set_prompt_pool needs learner.prompt_align_weight > 0")
+        spread = self.prompt_teacher.spread(expressions)
+        self.prompt_anchor_scale = self.cfg.learner.prompt_align_weight / spread
+        return spread
+
+    def _prompt_anchor(self, items: list[TrainItem], mb: MicroBatch, hidden, n_segs: int) -> torch.Tensor | None:
+        """Summed squared error between each projected [SEG] and the teacher's prompt for its expression,
+        scaled by weight / spread / (segs on this rank)."""
+        if self.prompt_teacher is None or not mb.seg_turns:
+            return None
+        embeds = self.module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols).float()
+        goal = torch.stack([self.prompt_teacher(items[ti].traj.sample.expression) for ti, _ in mb.seg_turns])
+        return ((embeds - goal.to(embeds.device)) ** 2).mean(dim=-1).sum() / max(n_segs, 1)
+
     def train(self, items: list[TrainItem], totals: BatchTotals) -> dict:
         """One optimizer step on this rank's share of the batch. Returns summed statistics."""
         module = self.module
         module.train()
+        if self.prompt_teacher is not None and not self.prompt_anchor_scale:
+            raise RuntimeError("learner.prompt_align_weight is set but set_prompt_pool was never called")
         trajs = [it.traj for it in items]
+        n_segs = sum(tr.seg_position >= 0 for t in trajs for tr in t.turns)
         groups = self._micro_batches(trajs)
         n_real = len(groups)
         if self.world_size > 1:
@@ -376,6 +405,10 @@ class LearnerCore:
                 mask=mb.loss_mask, calib=calib, old_calib=None, aux=aux)
             loss, stats = grpo_loss(inputs, self.loss_cfg, totals.num_sequences, totals.num_tokens,
                                     totals.max_tokens, totals.num_aux)
+            anchor = self._prompt_anchor(items, mb, hidden, n_segs)
+            if anchor is not None:
+                loss = loss + self.prompt_anchor_scale * anchor
+                stats["prompt_anchor"] = float(anchor.detach())
             if g >= n_real:
                 loss = loss * 0.0
                 stats = {k: 0.0 for k in stats}
@@ -395,6 +428,7 @@ class LearnerCore:
         sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         sums["lr"] = float(self.scheduler.get_last_lr()[0])
         sums["micro_batches"] = float(len(groups))
+        sums["ranks"] = 1.0  # the driver sums per-rank dicts; this sum is the rank count
         sums["train_seconds"] = time.time() - started
         return sums
 

@@ -118,6 +118,8 @@ def step_metrics(step: int, version: int, trajs: list[Trajectory], results: list
     rec["train/clip_frac"] = train.get("clip_frac_sum", 0.0) / tokens
     rec["train/aux_mask_loss"] = train.get("aux_sum", 0.0) / max(totals.num_aux, 1)
     rec["train/calibration"] = train.get("calib_sum", 0.0)
+    if "prompt_anchor" in train:  # per-rank means, summed by the driver
+        rec["train/prompt_anchor"] = train["prompt_anchor"] / max(train.get("ranks", 1.0), 1.0)
     rec["train/grad_norm"] = train.get("grad_norm", 0.0)
     rec["train/lr"] = train.get("lr", 0.0)
     rec["train/sequences"] = totals.num_sequences

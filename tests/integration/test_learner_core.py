@@ -189,3 +189,31 @@ def test_exported_policy_loads_back(world, tmp_path):
     assert len(saved) == len(core.module.lm.state_dict())
     assert all(n.startswith(("model.", "lm_head.", "visual.")) for n in saved)
     assert saved.isdisjoint(core.head_weights())
+
+
+def test_rl_prompt_anchor_pulls_seg_tokens_to_the_teacher(world, tmp_path):
+    """learner.prompt_align_weight: the [SEG] prompt anchor during RL goes down under training, is
+    refused before its normaliser is set, and a teacher of the wrong width is refused at start."""
+    from segmentation.pretrain_text_prompt import expression_words, words_path
+
+    cfg, env, trajs, pool, _ = world
+    expressions = env.expressions()
+    assert len(set(expressions)) > 1
+    words = sorted({w for e in expressions for w in expression_words(e)})
+    teacher = words_path(tmp_path / "sam2_text.pt")
+    torch.save({"vocabulary": words, "vectors": torch.randn(len(words) + 1, 256,
+                                                            generator=torch.Generator().manual_seed(0))}, teacher)
+    core = _core(world, prompt_teacher=teacher, prompt_align_weight=1.0, calibration=False, aux_mask_weight=0.0,
+                 kl_coef=0.0, lr=3e-3)
+    _, _, (items, totals) = _items(core, world)
+    with pytest.raises(RuntimeError, match="set_prompt_pool"):
+        core.train(items, totals)
+    assert core.set_prompt_pool(expressions) > 0
+    first = core.train(items, totals)["prompt_anchor"]
+    for _ in range(4):
+        last = core.train(items, totals)["prompt_anchor"]
+    assert first > 0.1 and last < 0.7 * first, (first, last)
+
+    torch.save({"vocabulary": words, "vectors": torch.zeros(len(words) + 1, 255)}, teacher)
+    with pytest.raises(ValueError, match="projector writes"):
+        _core(world, prompt_teacher=teacher, prompt_align_weight=1.0)

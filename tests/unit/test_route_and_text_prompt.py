@@ -69,10 +69,11 @@ def test_prompt_teacher_rejects_missing_and_foreign_files(tmp_path):
         PromptTeacher(tmp_path / "short.words.pt")
 
 
-def test_prompt_alignment_needs_a_teacher():
+@pytest.mark.parametrize("section", ["sft", "learner"])
+def test_prompt_alignment_needs_a_teacher(section):
     from configs import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="prompt_teacher"):
-        load_config("debug_cpu", ["sft.prompt_align_weight=1.0"])
-    cfg = load_config("debug_cpu", ["sft.prompt_align_weight=0.5", "sft.prompt_teacher=t.words.pt"])
-    assert cfg.sft.prompt_align_weight == 0.5
+        load_config("debug_cpu", [f"{section}.prompt_align_weight=1.0"])
+    cfg = load_config("debug_cpu", [f"{section}.prompt_align_weight=0.5", f"{section}.prompt_teacher=t.words.pt"])
+    assert getattr(cfg, section).prompt_align_weight == 0.5
