@@ -232,6 +232,12 @@ class RewardConfig(Section):
 # --------------------------------------------------------------------------------------------
 # learner
 # --------------------------------------------------------------------------------------------
+def _require_prompt_teacher(section: str, weight: float, teacher: Path | None) -> None:
+    if weight > 0 and teacher is None:
+        raise ValueError(f"{section}.prompt_align_weight > 0 needs {section}.prompt_teacher (a .words.pt file "
+                         "written by python -m segmentation.pretrain_text_prompt)")
+
+
 class LearnerConfig(Section):
     group_size: int = Field(4, ge=2, description="G rollouts per prompt")
     prompts_per_step: int = Field(16, ge=1)
@@ -279,9 +285,7 @@ class LearnerConfig(Section):
 
     @model_validator(mode="after")
     def _teacher_for_anchor(self):
-        if self.prompt_align_weight > 0 and self.prompt_teacher is None:
-            raise ValueError("learner.prompt_align_weight > 0 needs learner.prompt_teacher (a .words.pt file "
-                             "written by python -m segmentation.pretrain_text_prompt)")
+        _require_prompt_teacher("learner", self.prompt_align_weight, self.prompt_teacher)
         return self
 
     @property
@@ -378,9 +382,7 @@ class SFTConfig(Section):
     def _some_loss(self) -> "SFTConfig":
         if self.lm_loss_weight == 0 and self.mask_loss_weight == 0:
             raise ValueError("lm_loss_weight and mask_loss_weight are both 0: nothing to train")
-        if self.prompt_align_weight > 0 and self.prompt_teacher is None:
-            raise ValueError("prompt_align_weight > 0 needs sft.prompt_teacher (a .words.pt file written by "
-                             "python -m segmentation.pretrain_text_prompt)")
+        _require_prompt_teacher("sft", self.prompt_align_weight, self.prompt_teacher)
         return self
 
 

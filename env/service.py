@@ -73,14 +73,16 @@ class EnvService:
     def _resolve(self, sample: Sample | str) -> Sample:
         return self.sample(sample) if isinstance(sample, str) else sample
 
+    def _samples(self, dataset: str | None):
+        for name in [dataset] if dataset else list(self.datasets):
+            yield from self.dataset(name).samples()
+
     def sample_ids(self, dataset: str | None = None) -> list[str]:
-        names = [dataset] if dataset else list(self.datasets)
-        return [s.sample_id for name in names for s in self.dataset(name).samples()]
+        return [s.sample_id for s in self._samples(dataset)]
 
     def expressions(self, dataset: str | None = None) -> list[str]:
         """The referring expression of every sample (of one dataset, or all)."""
-        names = [dataset] if dataset else list(self.datasets)
-        return [s.expression for name in names for s in self.dataset(name).samples()]
+        return [s.expression for s in self._samples(dataset)]
 
     # ------------------------------------------------------------------------ episodes
     def reset(self, sample: Sample | str, episode_id: str) -> StepResult:

@@ -24,7 +24,8 @@ import torch
 
 from configs.schema import Config
 from learner.batching import ImagePieces, MicroBatch, collate, plan_micro_batches
-from learner.losses import LossConfig, LossInputs, bce_dice_loss, decoder_score_loss, grpo_loss, mask_log_likelihood
+from learner.losses import (LossConfig, LossInputs, bce_dice_loss, decoder_score_loss, grpo_loss, mask_log_likelihood,
+                            prompt_align_sum)
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
 from rollout.trajectory import Trajectory
 from segmentation.language_decode import HIGH_RES_S0, HIGH_RES_S1, IMAGE_EMBED
@@ -166,12 +167,10 @@ class LearnerCore:
         self.dtype = torch.bfloat16 if lc.precision == "bf16" else torch.float32
         self.prompt_teacher, self.prompt_anchor_scale = None, 0.0
         if lc.prompt_align_weight > 0:
-            from segmentation.pretrain_text_prompt import PromptTeacher
+            from segmentation.pretrain_text_prompt import load_prompt_teacher
 
-            self.prompt_teacher = PromptTeacher(lc.prompt_teacher)
-            if self.prompt_teacher.width != self.policy.projector.out_dim:
-                raise ValueError(f"learner.prompt_teacher {lc.prompt_teacher} has {self.prompt_teacher.width}-d "
-                                 f"prompts, the [SEG] projector writes {self.policy.projector.out_dim}-d ones")
+            self.prompt_teacher = load_prompt_teacher(lc.prompt_teacher, self.policy.projector.out_dim,
+                                                      "learner.prompt_teacher")
         self.updates = 0
         self.sync_timing = False  # benchmarks set this for exact per-phase GPU times
         self._feature_memo: dict[str, dict] = {}
@@ -359,9 +358,9 @@ class LearnerCore:
         scaled by weight / spread / (segs on this rank)."""
         if self.prompt_teacher is None or not mb.seg_turns:
             return None
-        embeds = self.module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols).float()
+        embeds = self.module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)
         goal = torch.stack([self.prompt_teacher(items[ti].traj.sample.expression) for ti, _ in mb.seg_turns])
-        return ((embeds - goal.to(embeds.device)) ** 2).mean(dim=-1).sum() / max(n_segs, 1)
+        return prompt_align_sum(embeds, goal) / max(n_segs, 1)
 
     def train(self, items: list[TrainItem], totals: BatchTotals) -> dict:
         """One optimizer step on this rank's share of the batch. Returns summed statistics."""
@@ -472,8 +471,7 @@ class LearnerCore:
             if mb.seg_turns and (aligning or (keys and mask_weight > 0)):
                 all_embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)
             if aligning and all_embeds is not None:
-                goal = torch.stack([prompt_targets[ti] for ti, _ in mb.seg_turns]).to(self.device, torch.float32)
-                align_sum = ((all_embeds.float() - goal) ** 2).mean(dim=-1).sum()
+                align_sum = prompt_align_sum(all_embeds, torch.stack([prompt_targets[ti] for ti, _ in mb.seg_turns]))
                 loss = loss + align_weight * align_sum / n_segs
             if keys and mask_weight > 0:
                 embeds = all_embeds[torch.tensor(rows, device=self.device)]

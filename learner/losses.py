@@ -16,6 +16,11 @@ AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "dr_grpo")
 
 
 # ------------------------------------------------------------------------------- advantages
+def prompt_align_sum(embeds: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """Sum over [SEG] tokens of the per-channel mean squared error to their teacher prompts."""
+    return ((embeds.float() - goal.to(embeds.device, torch.float32)) ** 2).mean(dim=-1).sum()
+
+
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4,
                      unbiased_std: bool = True) -> torch.Tensor:
     """A_i = (r_i - mean(r_g)) / (std(r_g) + eps) within each group g (one scalar per trajectory)."""

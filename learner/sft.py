@@ -174,12 +174,9 @@ def run_sft(cfg: Config) -> dict:
                      "policy_in": str(session.policy_dir), "trajectories": str(cfg.sft.trajectories)}
     teacher = None
     if s.prompt_align_weight > 0:
-        from segmentation.pretrain_text_prompt import PromptTeacher
+        from segmentation.pretrain_text_prompt import load_prompt_teacher
 
-        teacher = PromptTeacher(s.prompt_teacher)
-        if teacher.width != core.module.projector.out_dim:
-            raise ValueError(f"sft.prompt_teacher {s.prompt_teacher} has {teacher.width}-d prompts, the [SEG] "
-                             f"projector writes {core.module.projector.out_dim}-d ones (another SAM2 config?)")
+        teacher = load_prompt_teacher(s.prompt_teacher, core.module.projector.out_dim, "sft.prompt_teacher")
         spread = teacher.spread([ex.traj.sample.expression for ex in examples])
         summary["prompt_teacher"] = {"path": str(s.prompt_teacher), "spread": spread}
     try:

@@ -110,6 +110,16 @@ class PromptTeacher:
         return value
 
 
+def load_prompt_teacher(path: str | Path, projector_width: int, setting: str) -> PromptTeacher:
+    """The teacher at `path`, refused unless its prompts have the [SEG] projector's width
+    (`setting` names the config field in the message)."""
+    teacher = PromptTeacher(path)
+    if teacher.width != projector_width:
+        raise ValueError(f"{setting} {path} has {teacher.width}-d prompts, the [SEG] projector writes "
+                         f"{projector_width}-d ones (another SAM2 config?)")
+    return teacher
+
+
 def referred_frames(env, sample_ids: list[str], stride: int = 1) -> list[tuple]:
     """(sample, frame index, (H, W) bool mask) for every `stride`-th frame where the sample's target
     is visible."""
