@@ -191,6 +191,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-prompt-align-weight", type=float, default=0.0,
                     help="keep the [SEG] prompt anchor on during RL with this weight (learner.prompt_align_weight; "
                     "needs --sam2-pretrain-steps)")
+    ap.add_argument("--rl-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dotted config override for the RL stage only (repeatable), e.g. "
+                         "reward.weights.progressive=0; held-out scoring keeps the preset's reward")
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
@@ -216,6 +219,16 @@ def main(argv=None) -> int:
                          ("--rl-prompt-align-weight", args.rl_prompt_align_weight)):
         if weight < 0 or (weight > 0 and not args.sam2_pretrain_steps):
             ap.error(f"{flag} must be >= 0 and needs --sam2-pretrain-steps (its word vectors are the target)")
+    for item in args.rl_override:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            ap.error(f"--rl-override takes KEY=VALUE, got {item!r}")
+    if args.rl_override:
+        from configs import load_config
+
+        try:  # fail now, not after the first SFT stage
+            load_config("debug_cpu", list(args.rl_override))
+        except Exception as exc:  # noqa: BLE001 - any invalid override is a usage error here
+            ap.error(f"--rl-override: {exc}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -224,7 +237,7 @@ def main(argv=None) -> int:
     started = time.time()
 
     extra = [f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
-    sam2, sft_only, rl_only = [], [], []
+    sam2, sft_only, rl_only = [], [], list(args.rl_override)
     if args.sam2_pretrain_steps:
         from segmentation.pretrain_text_prompt import words_path
 
@@ -234,7 +247,7 @@ def main(argv=None) -> int:
         if args.prompt_align_weight:
             sft_only = [f"sft.prompt_teacher={words_path(ckpt)}", f"sft.prompt_align_weight={args.prompt_align_weight}"]
         if args.rl_prompt_align_weight:
-            rl_only = [f"learner.prompt_teacher={words_path(ckpt)}",
+            rl_only += [f"learner.prompt_teacher={words_path(ckpt)}",
                        f"learner.prompt_align_weight={args.rl_prompt_align_weight}"]
     sft_policies, rl_runs, rl_curves = {}, {}, {}
     for seed in args.seeds:
@@ -275,7 +288,8 @@ def main(argv=None) -> int:
                                          "episode/format_ok": r.get("episode/format_ok"),
                                          "iou/video_last": r.get("iou/video_last")} for r in rows]
                                for s, rows in rl_curves.items()},
-        "per_policy": {tag: {k: r["overall"].get(k) for k in (*METRICS, *DIAGNOSTICS, "avg_turns", "answered_rate")}
+        "per_policy": {tag: {k: r["overall"].get(k) for k in (*METRICS, *DIAGNOSTICS, "avg_turns", "answered_rate",
+                                                                 "reward_terms")}
                        for tag, r in reports.items()},
     }
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))

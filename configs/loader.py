@@ -81,15 +81,20 @@ def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any, original: str
             raise ConfigError(
                 f"override '{original}': unknown field '{key}' in {where}; known: {sorted(fields)}"
             )
+        default: Any = None
         if fields is not None:
             annotation = fields[key].annotation
             schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            if schema is None:
+                default = fields[key].get_default(call_default_factory=True)
         if i == len(keys) - 1:
             node[key] = value
         else:
             child = node.get(key)
             if not isinstance(child, dict):
-                child = {}
+                # A dotted key into a mapping field (reward.weights.mask=2) changes one entry of the
+                # field's default mapping, not the whole mapping.
+                child = copy.deepcopy(default) if isinstance(default, dict) else {}
                 node[key] = child
             node = child
 

@@ -61,6 +61,9 @@ class VideoEnvActor:
     def presence(self, sample: Sample | str) -> tuple[bool, ...]:
         return self._service.presence(sample)
 
+    def foreground_pixels(self, sample: Sample | str) -> np.ndarray | None:
+        return self._service.foreground_pixels(sample)
+
     def frames(self, dataset: str, video_id: str, indices: Sequence[int],
                pixels: int = 0) -> list[np.ndarray]:
         return self._service.frames(dataset, video_id, indices, pixels)

@@ -100,6 +100,11 @@ class EnvService:
         sample = self._resolve(sample)
         return self.dataset(sample.dataset).presence(sample)
 
+    def foreground_pixels(self, sample: Sample | str) -> np.ndarray | None:
+        """Per-frame foreground pixel counts of the sample's video (ReVOS layout), else None."""
+        sample = self._resolve(sample)
+        return self.dataset(sample.dataset).foreground_pixels(sample.video_id)
+
     def frames(self, dataset: str, video_id: str, indices: Sequence[int],
                pixels: int = 0) -> list[np.ndarray]:
         """Frames of one video at a budget (0 = original resolution), through the frame cache."""

@@ -5,6 +5,8 @@ No Ray and no models here, so every number of a report can be checked in unit te
     results.json   {video: {exp_id: {"prediction_masks": [RLE per frame], ...}}}  (0/1 masks, full
                    resolution, every frame of the video; METRICS_AND_FORMATS.md section 1.6)
     expression     J and F: temporal means over every frame (absent-target frames included)
+    ReVOS A, R     accuracy and robustness per expression where the dataset ships a foreground
+                   (mask_dict_foreground.json, the ReVOS layout), averaged like J and F
     dataset        "mean" over expressions; ReVOS-style referring (type 0) / reasoning (type 1) /
                    overall = mean of the two when the dataset has both types; Ref-SAV long / short /
                    overall; "headline" is the overall when there is one, else the mean
@@ -24,7 +26,7 @@ import numpy as np
 
 from segmentation.evaluation import ExpressionScore, mean_over_expressions, revos_summary
 from segmentation.masks import decode_rle, encode_rle
-from segmentation.metrics import jf_mean, sequence_jf
+from segmentation.metrics import jf_mean, sequence_accuracy, sequence_jf, sequence_robustness
 
 # Formats whose type_id means long (0) / short (1) instead of referring / reasoning.
 LONG_SHORT_FORMATS = ("refsav",)
@@ -65,13 +67,18 @@ def add_result(results: dict, video: str, exp_id: str, entry: dict) -> None:
 
 # ------------------------------------------------------------------------------ J and F
 def expression_score(video: str, exp_id: str, gt: np.ndarray, pred: np.ndarray,
-                     type_id: int | None = None) -> ExpressionScore:
-    """Temporal means of J and F over every frame (gt, pred: (frames, H, W))."""
+                     type_id: int | None = None, foreground: np.ndarray | None = None) -> ExpressionScore:
+    """Temporal means of J and F over every frame (gt, pred: (frames, H, W)); with the video's
+    per-frame foreground pixel counts (ReVOS layout) also ReVOS accuracy A and robustness R."""
     gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
     if gt.shape != pred.shape:
         raise ValueError(f"{video}/{exp_id}: prediction {pred.shape} and ground truth {gt.shape} differ")
     j, f = sequence_jf(gt, pred)
-    return ExpressionScore(video, str(exp_id), float(j.mean()), float(f.mean()), type_id)
+    a = r = None
+    if foreground is not None:
+        a = float(sequence_accuracy(gt, pred).mean())
+        r = float(sequence_robustness(gt, pred, foreground).mean())
+    return ExpressionScore(video, str(exp_id), float(j.mean()), float(f.mean()), type_id, a=a, r=r)
 
 
 def _split_summary(scores: list[ExpressionScore], names: tuple[str, str]) -> dict:

@@ -205,7 +205,7 @@ class EvalSession:
         per_dataset: dict[str, dict] = {}
         all_outcomes = []
         for name in sample_ids:
-            results, scores, outcomes, by_video = {}, [], [], {}
+            results, scores, outcomes, by_video, foreground = {}, [], [], {}, {}
             for t, h, m, r in zip(trajs, states, masks, rewards):
                 if t.sample.dataset != name:
                     continue
@@ -218,7 +218,10 @@ class EvalSession:
                 gt = ray.get(self.envs[0].gt_masks.remote(s, list(range(s.num_frames))))
                 # Score what was written: the masks decoded back from the RLE of results.json.
                 pred = er.entry_masks(entry)
-                score = er.expression_score(s.video_id, s.exp_id, gt, pred, s.type_id)
+                if s.video_id not in foreground:
+                    foreground[s.video_id] = ray.get(self.envs[0].foreground_pixels.remote(s))
+                fg = foreground[s.video_id]
+                score = er.expression_score(s.video_id, s.exp_id, gt, pred, s.type_id, fg)
                 by_video.setdefault(s.video_id, []).append((er.coarse_masks(gt), er.coarse_masks(pred)))
                 outcome.J, outcome.F = score.j, score.f
                 scores.append(score)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from segmentation.masks import MaskFormatError, decode_rle, read_binary_png, read_label_png
-from segmentation.metrics import davis_statistics, jf_mean, sequence_jf
+from segmentation.metrics import (davis_statistics, jf_mean, sequence_accuracy, sequence_jf,
+                                  sequence_robustness)
 
 MAX_UNSUPERVISED_PROPOSALS = 20  # the toolkit refuses more object ids than this
 
@@ -147,6 +148,8 @@ class ExpressionScore:
     f: float
     type_id: int | None = None
     note: str = ""
+    a: float | None = None  # ReVOS accuracy (ReVOS format only)
+    r: float | None = None  # ReVOS robustness (needs mask_dict_foreground.json)
 
     @property
     def key(self) -> str:
@@ -154,6 +157,10 @@ class ExpressionScore:
 
     def as_dict(self) -> dict:
         d = {"J": self.j, "F": self.f, "J&F": jf_mean(self.j, self.f)}
+        if self.a is not None:
+            d["A"] = self.a
+        if self.r is not None:
+            d["R"] = self.r
         if self.type_id is not None:
             d["type_id"] = self.type_id
         if self.note:
@@ -245,6 +252,27 @@ def expression_gt(mask_dict: dict, anno_ids, num_frames: int, shape: tuple[int, 
     return masks
 
 
+def foreground_pixels(foreground: dict, video: str, num_frames: int) -> np.ndarray | None:
+    """Per-frame pixel counts of a video's foreground (mask_dict_foreground.json: {video:
+    {"masks_rle": [RLE, list of RLEs, or null per frame]}}); channels of one frame are summed, as
+    the ReVOS script sums a multi-channel mask. None when the file has no entry for the video."""
+    entry = foreground.get(video)
+    if entry is None:
+        return None
+    rles = entry.get("masks_rle") if isinstance(entry, dict) else None
+    if not isinstance(rles, list) or len(rles) != num_frames:
+        got = len(rles) if isinstance(rles, list) else "no"
+        raise ScoreError(f"mask_dict_foreground.json: {video} has {got} masks_rle for {num_frames} frames")
+    counts = np.zeros(num_frames, dtype=np.float64)
+    for t, rle in enumerate(rles):
+        for part in ([] if rle is None else rle if isinstance(rle, list) else [rle]):
+            try:
+                counts[t] += np.count_nonzero(decode_rle(part))
+            except MaskFormatError as exc:
+                raise ScoreError(f"mask_dict_foreground.json: {video} frame {t}: {exc}") from None
+    return counts
+
+
 def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str,
                       meta_file: str | None = None) -> list[ExpressionScore]:
     """Per-expression temporal means of J and F over every frame listed in the meta file."""
@@ -253,18 +281,24 @@ def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str,
         ("meta_expressions.json",)
     videos = load_meta(gt_dir, meta_file, candidates)
     mask_dict = json.loads((gt_dir / "mask_dict.json").read_text())
+    fg_path = gt_dir / "mask_dict_foreground.json"
+    foreground = json.loads(fg_path.read_text()) if fmt == "revos" and fg_path.is_file() else None
+    if fmt == "revos" and foreground is None:
+        warnings.warn(f"{fg_path} is missing: ReVOS robustness R is not scored", stacklevel=2)
     preds = open_predictions(pred)
     scores = []
     for video, rec in videos.items():
         frames = list(rec["frames"])
         shape = (int(rec["height"]), int(rec["width"])) if "height" in rec and "width" in rec else None
+        fg = None if foreground is None else foreground_pixels(foreground, video, len(frames))
+        zero_ar = {"a": 0.0, "r": None if fg is None else 0.0} if fmt == "revos" else {}
         for exp_id, exp in rec["expressions"].items():
             if "anno_id" not in exp:
                 raise ScoreError(f"{video}/{exp_id} has no anno_id: this split has no local ground truth "
                                  "(MeViS 'valid' is scored by the challenge server)")
             type_id = exp.get("type_id") if fmt == "revos" else None
             if not preds.has_video(video):  # both official scripts score a missing video 0
-                scores.append(ExpressionScore(video, exp_id, 0.0, 0.0, type_id, "no predictions"))
+                scores.append(ExpressionScore(video, exp_id, 0.0, 0.0, type_id, "no predictions", **zero_ar))
                 continue
             try:
                 pm = preds.masks(video, exp_id, frames)
@@ -274,23 +308,38 @@ def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str,
                     raise MaskFormatError(f"{video}/{exp_id}: predictions {pm.shape[1:]} vs ground truth "
                                           f"{gm.shape[1:]}")
                 j, f = sequence_jf(gm, pm)
-                scores.append(ExpressionScore(video, exp_id, float(j.mean()), float(f.mean()), type_id))
+                extra = {}
+                if fmt == "revos":
+                    extra["a"] = float(sequence_accuracy(gm, pm).mean())
+                    if fg is not None:
+                        extra["r"] = float(sequence_robustness(gm, pm, fg).mean())
+                scores.append(ExpressionScore(video, exp_id, float(j.mean()), float(f.mean()), type_id, **extra))
             except (MissingPrediction, MaskFormatError) as exc:
                 if fmt == "mevis" and isinstance(exc, MaskFormatError):
                     raise ScoreError(str(exc)) from None
                 # ReVOS scores any failure as zeros; MeViS crashes on a missing frame PNG, we score
                 # it zero too but say so in the output.
                 warnings.warn(f"{video}/{exp_id} scored 0: {exc}", stacklevel=2)
-                scores.append(ExpressionScore(video, exp_id, 0.0, 0.0, type_id, str(exc)))
+                scores.append(ExpressionScore(video, exp_id, 0.0, 0.0, type_id, str(exc), **zero_ar))
     return scores
 
 
 def mean_over_expressions(scores: list[ExpressionScore]) -> dict:
+    """Means of J, F (and of ReVOS A and R when every expression has them) over expressions."""
     if not scores:
         return {"J": None, "F": None, "J&F": None, "count": 0}
     j = float(np.mean([s.j for s in scores]))
     f = float(np.mean([s.f for s in scores]))
-    return {"J": j, "F": f, "J&F": jf_mean(j, f), "count": len(scores)}
+    out = {"J": j, "F": f, "J&F": jf_mean(j, f), "count": len(scores)}
+    for key, attr in (("A", "a"), ("R", "r")):
+        values = [getattr(s, attr) for s in scores]
+        if all(v is not None for v in values):
+            out[key] = float(np.mean(values))
+    return out
+
+
+def _visa_round(v: float | None) -> float | None:
+    return None if v is None else round(v * 100, 2) / 100
 
 
 def revos_summary(scores: list[ExpressionScore], round_like_visa: bool = False) -> dict:
@@ -299,8 +348,8 @@ def revos_summary(scores: list[ExpressionScore], round_like_visa: bool = False) 
     `round_like_visa` rounds each expression to 2 decimals in percent first, as VISA's script does.
     """
     if round_like_visa:
-        scores = [ExpressionScore(s.video, s.exp_id, round(s.j * 100, 2) / 100, round(s.f * 100, 2) / 100,
-                                  s.type_id, s.note) for s in scores]
+        scores = [ExpressionScore(s.video, s.exp_id, _visa_round(s.j), _visa_round(s.f), s.type_id, s.note,
+                                  _visa_round(s.a), _visa_round(s.r)) for s in scores]
     referring = mean_over_expressions([s for s in scores if s.type_id == 0])
     reasoning = mean_over_expressions([s for s in scores if s.type_id == 1])
     present = [m for m in (referring, reasoning) if m["count"]]
@@ -309,5 +358,8 @@ def revos_summary(scores: list[ExpressionScore], round_like_visa: bool = False) 
         for k in ("J", "F"):
             overall[k] = float(np.mean([m[k] for m in present]))
         overall["J&F"] = jf_mean(overall["J"], overall["F"])
+        for k in ("A", "R"):  # the ReVOS overall of A and R is the same mean of the two types
+            if all(k in m for m in present):
+                overall[k] = float(np.mean([m[k] for m in present]))
     return {"referring": referring, "reasoning": reasoning, "overall": overall,
             "dropped_type_2": sum(1 for s in scores if s.type_id == 2)}

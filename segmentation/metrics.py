@@ -137,6 +137,31 @@ def mask_iou(gt: np.ndarray, pred: np.ndarray, both_empty: float = 1.0) -> float
     return int(np.count_nonzero(gt & pred)) / union
 
 
+# ------------------------------------------------------------------- ReVOS accuracy / robustness
+def sequence_accuracy(gts: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """ReVOS accuracy A per frame: the fraction of pixels where the 0/1 prediction equals the 0/1
+    ground truth (the Sa2VA RLE route, where both are 0/1; METRICS_AND_FORMATS.md 1.3 and 1.6)."""
+    gts, preds = _as_bool(np.asarray(gts)), _as_bool(np.asarray(preds))
+    if gts.shape != preds.shape or gts.ndim != 3:
+        raise ValueError(f"sequence_accuracy needs two TxHxW stacks of one shape, got {gts.shape} and {preds.shape}")
+    return (gts == preds).reshape(gts.shape[0], -1).mean(axis=1, dtype=np.float64)
+
+
+def sequence_robustness(gts: np.ndarray, preds: np.ndarray, foreground_pixels) -> np.ndarray:
+    """ReVOS robustness R per frame: max(0, 1 - N_fp / (N_fg + 1e-6)), N_fp = predicted pixels
+    outside the ground truth, N_fg = the pixel count of the video's foreground (all annotated
+    objects) on that frame. An empty prediction gives 1; any false positive on a frame with an
+    empty foreground gives 0."""
+    gts, preds = _as_bool(np.asarray(gts)), _as_bool(np.asarray(preds))
+    fg = np.asarray(foreground_pixels, dtype=np.float64).reshape(-1)
+    if gts.shape != preds.shape or gts.ndim != 3:
+        raise ValueError(f"sequence_robustness needs two TxHxW stacks of one shape, got {gts.shape} and {preds.shape}")
+    if fg.shape[0] != gts.shape[0]:
+        raise ValueError(f"{fg.shape[0]} foreground counts for {gts.shape[0]} frames")
+    false_pos = (preds & ~gts).reshape(gts.shape[0], -1).sum(axis=1).astype(np.float64)
+    return np.maximum(0.0, 1.0 - false_pos / (fg + 1e-6))
+
+
 # --------------------------------------------------------------------------- DAVIS statistics
 def davis_statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
     """(Mean M, Recall O, Decay D) of one object's per-frame values, as the DAVIS toolkit computes.

@@ -8,7 +8,9 @@
         GT: DIR/meta_expressions*.json + DIR/mask_dict.json; PRED: <video>/<exp_id>/<frame>.png
         folders or a Sa2VA-style results.json.
 
-Writes per-object (DAVIS) or per-expression (MeViS, ReVOS) J, F, J&F and the dataset means.
+Writes per-object (DAVIS) or per-expression (MeViS, ReVOS) J, F, J&F and the dataset means. ReVOS
+also gets accuracy A and robustness R (R only when DIR/mask_dict_foreground.json exists), on 0/1
+masks as the Sa2VA RLE route computes them (METRICS_AND_FORMATS.md 1.3 and 1.6).
 """
 
 from __future__ import annotations

@@ -196,6 +196,11 @@ class Dataset:
             return tuple(sample.presence)
         return self._compute_presence(sample.video_id, sample.anno_ids, sample.sample_id)
 
+    def foreground_pixels(self, video_id: str) -> np.ndarray | None:
+        """Per-frame pixel count of all annotated objects of the video (ReVOS robustness R needs it),
+        or None where the layout ships no foreground (only the ReVOS layout does)."""
+        return None
+
     def _compute_presence(self, video_id: str, anno_ids: Sequence[str], what: str) -> tuple[bool, ...]:
         n = self.num_frames(video_id)
         size = self.frame_size(video_id)

@@ -64,6 +64,9 @@ def read_json(path: Path, what: str) -> Any:
         raise DatasetFormatError(f"{what} {path} is not valid JSON ({exc})") from exc
 
 
+FOREGROUND_FILE = "mask_dict_foreground.json"
+
+
 class MaskDictDataset(Dataset):
     """Videos and expressions from a meta dict, masks from a mask_dict.json (loaded on first use)."""
 
@@ -74,6 +77,7 @@ class MaskDictDataset(Dataset):
         self.frames_root = Path(frames_root) if frames_root else self.root / "JPEGImages"
         self._mask_dict_path = mask_dict_path
         self._mask_dict: dict | None = None
+        self._foreground: dict | None = None
         self._expressions: dict[str, dict] = {}
         self._paths: dict[str, Path] = {}
         videos = meta.get("videos") if isinstance(meta, dict) else None
@@ -107,6 +111,30 @@ class MaskDictDataset(Dataset):
                         raise DatasetFormatError(f"mask dict {self._mask_dict_path} is not an object")
                     self._mask_dict = data
         return self._mask_dict
+
+    def foreground_pixels(self, video_id: str) -> np.ndarray | None:
+        """From mask_dict_foreground.json next to mask_dict.json ({video: {"masks_rle": [RLE, list
+        of RLEs or null per frame]}}); the channels of one frame are summed, as the ReVOS script does."""
+        if self._foreground is None:
+            path = None if self._mask_dict_path is None else self._mask_dict_path.parent / FOREGROUND_FILE
+            if path is None or not path.is_file():
+                return None
+            with self._build_lock:
+                data = read_json(path, "foreground mask dict")
+                if not isinstance(data, dict):
+                    raise DatasetFormatError(f"foreground mask dict {path} is not an object")
+                self._foreground = data
+        entry = self._foreground.get(video_id)
+        if entry is None:
+            return None
+        rles = entry.get("masks_rle") if isinstance(entry, dict) else None
+        n = self.num_frames(video_id)
+        if not isinstance(rles, list) or len(rles) != n:
+            got = len(rles) if isinstance(rles, list) else "no"
+            raise AnnotationError(f"{FOREGROUND_FILE}: video '{video_id}' has {got} masks_rle entries for {n} frames")
+        return np.array([sum(rle_area(part, f"{FOREGROUND_FILE} '{video_id}' frame {t}")
+                             for part in (rle if isinstance(rle, list) else [rle]))
+                         for t, rle in enumerate(rles)], dtype=np.float64)
 
     def _per_frame(self, video_id: str, anno_id: str) -> list:
         masks = self._masks()

@@ -17,7 +17,7 @@ def _gt(cfg, dataset_specs, sample_id):
 
     env = EnvService(cfg.env, dataset_specs, cache_dir=str(cfg.model.cache_dir))
     sample = env.sample(sample_id)
-    return sample, env.gt_masks(sample, list(range(sample.num_frames)))
+    return sample, env.gt_masks(sample, list(range(sample.num_frames))), env.foreground_pixels(sample)
 
 
 @pytest.mark.slow
@@ -50,14 +50,21 @@ def test_evaluation_writes_full_resolution_results_and_a_consistent_report(tmp_p
         assert sum(len(v) for v in results.values()) == 3
         for sample in (s for s in a["samples"] if s["dataset"] == name):
             entry = results[sample["video_id"]][sample["exp_id"]]
-            s, gt = _gt(ecfg, ecfg.data.eval, sample["sample_id"])
+            s, gt, fg = _gt(ecfg, ecfg.data.eval, sample["sample_id"])
             pred = entry_masks(entry)
             assert pred.shape == gt.shape == (s.num_frames, s.height, s.width)
             # the report's J/F are those of the masks written, recomputed here independently
-            score = expression_score(s.video_id, s.exp_id, gt, pred)
+            score = expression_score(s.video_id, s.exp_id, gt, pred, foreground=fg)
             assert score.j == pytest.approx(sample["J"]) and score.f == pytest.approx(sample["F"])
+            written = d["per_expression"][score.key]
+            if name == "syn":  # ReVOS layout: accuracy A and robustness R from the video's foreground
+                assert fg is not None and len(fg) == s.num_frames
+                assert written["A"] == pytest.approx(score.a) and written["R"] == pytest.approx(score.r)
+            else:  # the DAVIS palette layout has no foreground file
+                assert fg is None and "A" not in written and "R" not in written
             assert 0 <= entry["keyframe"] < s.num_frames
         assert d["episodes"]["episodes"] == 3
+        assert ("R" in d["scores"]["mean"]) == (name == "syn")
     report_file = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report_file["tag"] == "b" and report_file["overall"]["episodes"] == 6
     assert np.isfinite(a["seconds"]["total"])

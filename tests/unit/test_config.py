@@ -121,6 +121,17 @@ def test_reward_switches_default_intended_and_reference_shorthand():
                 or ref.require_final_answer)
 
 
+def test_dotted_key_into_a_mapping_changes_one_entry():
+    # reward.weights.X=v keeps the other terms at their default weight; a whole mapping replaces it
+    weights = load_config(overrides=["reward.weights.progressive=0", "reward.weights.mask=2"]).reward.weights
+    assert weights["progressive"] == 0.0 and weights["mask"] == 2.0
+    assert all(w == 1.0 for t, w in weights.items() if t not in ("progressive", "mask"))
+    whole = load_config(overrides=["reward.weights={mask: 2}"]).reward.weights
+    assert whole["mask"] == 2.0 and sum(whole.values()) == 2.0
+    with pytest.raises(ConfigError, match="unknown reward terms"):
+        load_config(overrides=["reward.weights.bogus=1"])
+
+
 def test_dump_roundtrip():
     cfg = load_config(overrides=["learner.lr=2e-5"])
     again = config_from_yaml_text(dump_config(cfg))

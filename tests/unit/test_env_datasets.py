@@ -97,6 +97,24 @@ def test_synthetic_frames_and_mp4_variant(tmp_path, synthetic_dir):
     assert np.array_equal(mp4.gt_masks(s_mp4, [3, 9]), ds.gt_masks(s_jpg, [3, 9]))
 
 
+def test_foreground_pixels_of_the_revos_layout(tmp_path, synthetic_dir):
+    root = tmp_path / "revos"
+    shutil.copytree(synthetic_dir, root, symlinks=True)
+    ds = load_dataset(DatasetSpec(name="syn", format="revos", root=root))
+    vid = sorted(ds.video_ids())[1]
+    _, tracks = render_video(7, int(vid.rsplit("_", 1)[1]), 16, (64, 96))
+    union = np.any(np.stack([np.stack(t.masks).astype(bool) for t in tracks]), axis=0)
+    assert ds.foreground_pixels(vid).tolist() == union.sum(axis=(1, 2)).tolist()
+    assert ds.foreground_pixels("not-a-video") is None
+    fg = json.loads((root / "mask_dict_foreground.json").read_text())
+    fg[vid]["masks_rle"] = fg[vid]["masks_rle"][:3]
+    (root / "mask_dict_foreground.json").write_text(json.dumps(fg))
+    with pytest.raises(AnnotationError, match="3 masks_rle entries for 16 frames"):
+        load_dataset(DatasetSpec(name="syn", format="revos", root=root)).foreground_pixels(vid)
+    (root / "mask_dict_foreground.json").unlink()  # MeViS / Ref-SAV ship none: R is not scored
+    assert load_dataset(DatasetSpec(name="syn", format="revos", root=root)).foreground_pixels(vid) is None
+
+
 # ---------------------------------------------------------------------------- DAVIS
 def _davis_png(davis16_dir, seq, t):
     return np.array(Image.open(davis16_dir / "Annotations/480p" / seq / f"{t:05d}.png")) != 0
@@ -174,6 +192,7 @@ def test_refytvos_layout(tmp_path):
     assert np.array_equal(ds.gt_masks(blink, [2, 1]), np.stack([labels[2] == 2, labels[1] == 2]))
     assert ds.presence(blink) == (True, False, True) and ds.presence(left) == (True, True, True)
     assert ds.frames("vidA", [1])[0].shape == (24, 32, 3)  # index 1 is the file 00005.jpg
+    assert ds.foreground_pixels("vidA") is None  # palette layouts ship no ReVOS foreground
     # A missing annotation PNG is a clear error, never a silent empty mask.
     (root / "train/Annotations/vidA/00010.png").unlink()
     fresh = load_dataset(DatasetSpec(name="ytvos", format="refytvos", root=root))

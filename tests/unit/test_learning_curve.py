@@ -56,3 +56,17 @@ def test_negative_sam2_pretrain_steps_are_refused(capsys):
         main(["--sam2-pretrain-steps", "-5"])
     assert exc.value.code == 2
     assert "--sam2-pretrain-steps must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("reward.weights.progressive", "takes KEY=VALUE"),
+    ("=3", "takes KEY=VALUE"),
+    ("reward.weights.bogus=0", "unknown reward terms ['bogus']"),
+    ("learner.lr=-1", "learner.lr"),
+])
+def test_bad_rl_overrides_are_refused_before_any_training(override, fragment, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--rl-override", override, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before the work dir (and any stage) was made

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from segmentation.metrics import (boundary_f_measure, boundary_radius, davis_statistics, disk_kernel,
+                                  sequence_accuracy, sequence_robustness,
                                   frame_jf, mask_iou, region_similarity, seg2bmap, sequence_jf)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "davis_toolkit_reference.json"
@@ -166,3 +167,27 @@ def test_matches_davis_toolkit_per_sequence(task, golden, davis16_dir):
         assert np.allclose(o["F_per_frame"], r["F"], atol=1e-6, rtol=0)
     for key in ("J-Mean", "F-Mean", "J&F-Mean", "J-Recall", "J-Decay", "F-Recall", "F-Decay"):
         assert abs(ours["summary"][key] - ref[key]) < 1e-6, key
+
+
+# ------------------------------------------------------------------- ReVOS accuracy / robustness
+def test_revos_accuracy_counts_equal_pixels_on_zero_one_values():
+    gt = np.zeros((2, 4, 5), np.uint8)
+    gt[0, :2, :2] = 1
+    pred = gt.copy() * 255  # any nonzero value is foreground, so 0/255 PNG values do not matter
+    pred[1, 3, 4] = 255
+    assert sequence_accuracy(gt, pred).tolist() == [1.0, 19 / 20]
+    with pytest.raises(ValueError, match="TxHxW"):
+        sequence_accuracy(gt[0], pred[0])
+
+
+def test_revos_robustness_edge_cases():
+    gt = np.zeros((3, 4, 4), bool)
+    gt[0, :2, :2] = True
+    pred = gt.copy()
+    pred[0, 3, :2] = True  # 2 false positives against 8 foreground pixels
+    pred[2, 0, 0] = True  # a false positive on a frame whose foreground is empty
+    r = sequence_robustness(gt, pred, [8, 5, 0])
+    assert r.tolist() == pytest.approx([0.75, 1.0, 0.0])  # frame 1: empty prediction -> 1
+    assert sequence_robustness(gt, pred, [1, 1, 1])[0] == 0.0  # clipped at 0, never negative
+    with pytest.raises(ValueError, match="2 foreground counts for 3 frames"):
+        sequence_robustness(gt, pred, [1, 1])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from segmentation.masks import decode_rle, encode_rle, read_binary_png, write_binary_png
+from segmentation.evaluation import ScoreError
 from segmentation.score import main, run
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "davis_toolkit_reference.json"
@@ -112,15 +113,41 @@ def _tiny_revos(root: Path) -> Path:
 
 def test_revos_type_handling_and_missing_video(tmp_path):
     pred = _tiny_revos(tmp_path / "gt")
-    res = run("revos", tmp_path / "gt", pred)
+    with pytest.warns(UserWarning, match="robustness R is not scored"):
+        res = run("revos", tmp_path / "gt", pred)
     per = res["per_expression"]
-    assert per["v_0"]["J"] == 1.0 and per["v_0"]["F"] == 1.0
+    assert per["v_0"]["J"] == 1.0 and per["v_0"]["F"] == 1.0 and per["v_0"]["A"] == 1.0
     assert per["v_1"]["J"] == 0.5 and per["v_1"]["F"] == 0.5
-    assert per["w_0"] == {"J": 0.0, "F": 0.0, "J&F": 0.0, "type_id": 0, "note": "no predictions"}
+    assert per["v_1"]["A"] == pytest.approx((32 / 36 + 1) / 2)  # 4 of 36 pixels wrong on frame 0
+    assert per["w_0"] == {"J": 0.0, "F": 0.0, "J&F": 0.0, "A": 0.0, "type_id": 0, "note": "no predictions"}
+    assert all("R" not in v for v in per.values())  # no mask_dict_foreground.json here
     s = res["summary"]
     assert s["referring"]["J"] == 0.5 and s["referring"]["count"] == 2  # v_0 = 1 and w_0 = 0
     assert s["reasoning"]["J"] == 0.5 and s["dropped_type_2"] == 1
-    assert s["overall"] == {"J": 0.5, "F": 0.5, "J&F": 0.5}
+    assert s["overall"] == pytest.approx({"J": 0.5, "F": 0.5, "J&F": 0.5, "A": (0.5 + (32 / 36 + 1) / 2) / 2})
+
+
+def test_revos_robustness_uses_the_video_foreground(tmp_path):
+    gt = tmp_path / "gt"
+    pred = _tiny_revos(gt)
+    fg0 = np.zeros((6, 6), bool)
+    fg0[1:3, 1:5] = True  # the target's 4 pixels and 4 of another object: 8 foreground pixels
+    fg = {"v": {"masks_rle": [encode_rle(fg0), None]}, "w": {"masks_rle": [[encode_rle(fg0), encode_rle(fg0)]]}}
+    (gt / "mask_dict_foreground.json").write_text(json.dumps(fg))
+    with_fp = np.zeros((6, 6), bool)
+    with_fp[1:3, 1:3] = True
+    with_fp[5, 4:6] = True  # 2 false-positive pixels
+    write_binary_png(pred / "v" / "0" / "00000.png", with_fp)
+    per = run("revos", gt, pred)["per_expression"]
+    assert per["v_0"]["R"] == pytest.approx((1 - 2 / 8 + 1) / 2)  # frame 1: empty prediction -> 1
+    assert per["v_1"]["R"] == pytest.approx(1.0) and per["w_0"]["R"] == 0.0
+    s = run("revos", gt, pred)["summary"]
+    assert s["referring"]["R"] == pytest.approx(0.875 / 2) and s["reasoning"]["R"] == pytest.approx(1.0)
+    assert s["overall"]["R"] == pytest.approx((0.875 / 2 + 1) / 2)
+    fg["v"]["masks_rle"] = [None]  # one entry for two frames
+    (gt / "mask_dict_foreground.json").write_text(json.dumps(fg))
+    with pytest.raises(ScoreError, match="1 masks_rle for 2 frames"):
+        run("revos", gt, pred)
 
 
 def test_missing_frame_png_scores_the_expression_zero_with_a_note(tmp_path):
