@@ -80,6 +80,15 @@ def rle_area(rle: dict | None, where: str = "mask") -> int:
         raise AnnotationError(f"{where}: RLE area failed ({exc})") from exc
 
 
+def foreground_areas(per_frame: list, where: str = "foreground") -> np.ndarray:
+    """Per-frame pixel counts of a ReVOS foreground track (mask_dict_foreground.json's `masks_rle`:
+    an RLE, a list of RLEs or null per frame). The channels of one frame are summed, as the ReVOS
+    script sums a multi-channel mask, so overlapping objects count once per object."""
+    return np.array([sum(rle_area(part, f"{where} frame {t}")
+                         for part in (rle if isinstance(rle, list) else [rle]))
+                     for t, rle in enumerate(per_frame)], dtype=np.float64)
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """Pixel values of a palette (or grey) annotation PNG as a 2-D integer array."""
     path = Path(path)

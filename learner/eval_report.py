@@ -24,9 +24,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from segmentation.evaluation import ExpressionScore, mean_over_expressions, revos_summary
+from segmentation.evaluation import ExpressionScore, accuracy_robustness, mean_over_expressions, revos_summary
 from segmentation.masks import decode_rle, encode_rle
-from segmentation.metrics import jf_mean, sequence_accuracy, sequence_jf, sequence_robustness
+from segmentation.metrics import jf_mean, sequence_jf
 
 # Formats whose type_id means long (0) / short (1) instead of referring / reasoning.
 LONG_SHORT_FORMATS = ("refsav",)
@@ -74,11 +74,8 @@ def expression_score(video: str, exp_id: str, gt: np.ndarray, pred: np.ndarray,
     if gt.shape != pred.shape:
         raise ValueError(f"{video}/{exp_id}: prediction {pred.shape} and ground truth {gt.shape} differ")
     j, f = sequence_jf(gt, pred)
-    a = r = None
-    if foreground is not None:
-        a = float(sequence_accuracy(gt, pred).mean())
-        r = float(sequence_robustness(gt, pred, foreground).mean())
-    return ExpressionScore(video, str(exp_id), float(j.mean()), float(f.mean()), type_id, a=a, r=r)
+    extra = {} if foreground is None else accuracy_robustness(gt, pred, foreground)
+    return ExpressionScore(video, str(exp_id), float(j.mean()), float(f.mean()), type_id, **extra)
 
 
 def _split_summary(scores: list[ExpressionScore], names: tuple[str, str]) -> dict:

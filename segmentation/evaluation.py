@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from env.errors import AnnotationError
+from env.masks import foreground_areas
 from segmentation.masks import MaskFormatError, decode_rle, read_binary_png, read_label_png
 from segmentation.metrics import (davis_statistics, jf_mean, sequence_accuracy, sequence_jf,
                                   sequence_robustness)
@@ -263,14 +265,16 @@ def foreground_pixels(foreground: dict, video: str, num_frames: int) -> np.ndarr
     if not isinstance(rles, list) or len(rles) != num_frames:
         got = len(rles) if isinstance(rles, list) else "no"
         raise ScoreError(f"mask_dict_foreground.json: {video} has {got} masks_rle for {num_frames} frames")
-    counts = np.zeros(num_frames, dtype=np.float64)
-    for t, rle in enumerate(rles):
-        for part in ([] if rle is None else rle if isinstance(rle, list) else [rle]):
-            try:
-                counts[t] += np.count_nonzero(decode_rle(part))
-            except MaskFormatError as exc:
-                raise ScoreError(f"mask_dict_foreground.json: {video} frame {t}: {exc}") from None
-    return counts
+    try:
+        return foreground_areas(rles, f"mask_dict_foreground.json: {video}")
+    except AnnotationError as exc:
+        raise ScoreError(str(exc)) from None
+
+
+def accuracy_robustness(gt: np.ndarray, pred: np.ndarray, foreground: np.ndarray | None) -> dict:
+    """ReVOS temporal means {"a": A, "r": R} of one expression; R is None without the foreground."""
+    r = None if foreground is None else float(sequence_robustness(gt, pred, foreground).mean())
+    return {"a": float(sequence_accuracy(gt, pred).mean()), "r": r}
 
 
 def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str,
@@ -308,11 +312,7 @@ def score_expressions(gt_dir: str | Path, pred: str | Path, fmt: str,
                     raise MaskFormatError(f"{video}/{exp_id}: predictions {pm.shape[1:]} vs ground truth "
                                           f"{gm.shape[1:]}")
                 j, f = sequence_jf(gm, pm)
-                extra = {}
-                if fmt == "revos":
-                    extra["a"] = float(sequence_accuracy(gm, pm).mean())
-                    if fg is not None:
-                        extra["r"] = float(sequence_robustness(gm, pm, fg).mean())
+                extra = accuracy_robustness(gm, pm, fg) if fmt == "revos" else {}
                 scores.append(ExpressionScore(video, exp_id, float(j.mean()), float(f.mean()), type_id, **extra))
             except (MissingPrediction, MaskFormatError) as exc:
                 if fmt == "mevis" and isinstance(exc, MaskFormatError):

@@ -110,6 +110,12 @@ def boundary_f_measure(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None
     return 2 * precision * recall / (precision + recall)
 
 
+def _stacks(what: str, gts: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if gts.shape != preds.shape or gts.ndim != 3:
+        raise ValueError(f"{what} needs two TxHxW stacks of one shape, got {gts.shape} and {preds.shape}")
+    return gts, preds
+
+
 def frame_jf(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -> tuple[float, float]:
     """(J, F) of one frame."""
     return float(region_similarity(gt, pred, void)), boundary_f_measure(gt, pred, void)
@@ -118,10 +124,7 @@ def frame_jf(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -
 def sequence_jf(gts: np.ndarray, preds: np.ndarray, voids: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame J and F arrays for TxHxW ground truth and prediction."""
-    gts, preds = np.asarray(gts), np.asarray(preds)
-    if gts.shape != preds.shape or gts.ndim != 3:
-        raise ValueError(f"sequence_jf needs two TxHxW stacks of one shape, got {gts.shape} and "
-                         f"{preds.shape}")
+    gts, preds = _stacks("sequence_jf", np.asarray(gts), np.asarray(preds))
     j = np.atleast_1d(region_similarity(gts, preds, voids)).astype(np.float64)
     f = np.array([boundary_f_measure(gts[t], preds[t], None if voids is None else voids[t])
                   for t in range(gts.shape[0])], dtype=np.float64)
@@ -141,9 +144,7 @@ def mask_iou(gt: np.ndarray, pred: np.ndarray, both_empty: float = 1.0) -> float
 def sequence_accuracy(gts: np.ndarray, preds: np.ndarray) -> np.ndarray:
     """ReVOS accuracy A per frame: the fraction of pixels where the 0/1 prediction equals the 0/1
     ground truth (the Sa2VA RLE route, where both are 0/1; METRICS_AND_FORMATS.md 1.3 and 1.6)."""
-    gts, preds = _as_bool(np.asarray(gts)), _as_bool(np.asarray(preds))
-    if gts.shape != preds.shape or gts.ndim != 3:
-        raise ValueError(f"sequence_accuracy needs two TxHxW stacks of one shape, got {gts.shape} and {preds.shape}")
+    gts, preds = _stacks("sequence_accuracy", _as_bool(gts), _as_bool(preds))
     return (gts == preds).reshape(gts.shape[0], -1).mean(axis=1, dtype=np.float64)
 
 
@@ -152,10 +153,8 @@ def sequence_robustness(gts: np.ndarray, preds: np.ndarray, foreground_pixels) -
     outside the ground truth, N_fg = the pixel count of the video's foreground (all annotated
     objects) on that frame. An empty prediction gives 1; any false positive on a frame with an
     empty foreground gives 0."""
-    gts, preds = _as_bool(np.asarray(gts)), _as_bool(np.asarray(preds))
+    gts, preds = _stacks("sequence_robustness", _as_bool(gts), _as_bool(preds))
     fg = np.asarray(foreground_pixels, dtype=np.float64).reshape(-1)
-    if gts.shape != preds.shape or gts.ndim != 3:
-        raise ValueError(f"sequence_robustness needs two TxHxW stacks of one shape, got {gts.shape} and {preds.shape}")
     if fg.shape[0] != gts.shape[0]:
         raise ValueError(f"{fg.shape[0]} foreground counts for {gts.shape[0]} frames")
     false_pos = (preds & ~gts).reshape(gts.shape[0], -1).sum(axis=1).astype(np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 
 from env.datasets.base import Dataset, VideoInfo, make_sample_id
 from env.errors import AnnotationError, DataError, DatasetFormatError, MissingAnnotationError
-from env.masks import decode_rle, rle_area
+from env.masks import decode_rle, foreground_areas, rle_area
 from env.types import Sample
 from env.video import find_video
 
@@ -132,9 +132,7 @@ class MaskDictDataset(Dataset):
         if not isinstance(rles, list) or len(rles) != n:
             got = len(rles) if isinstance(rles, list) else "no"
             raise AnnotationError(f"{FOREGROUND_FILE}: video '{video_id}' has {got} masks_rle entries for {n} frames")
-        return np.array([sum(rle_area(part, f"{FOREGROUND_FILE} '{video_id}' frame {t}")
-                             for part in (rle if isinstance(rle, list) else [rle]))
-                         for t, rle in enumerate(rles)], dtype=np.float64)
+        return foreground_areas(rles, f"{FOREGROUND_FILE} '{video_id}'")
 
     def _per_frame(self, video_id: str, anno_id: str) -> list:
         masks = self._masks()
