@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from configs.schema import DatasetSpec, ModelConfig, RewardConfig
 from segmentation.masks import write_binary_png
@@ -108,6 +109,13 @@ def test_actor_default_sources_match_the_plain_core(ray_local, spec, dataset, mo
         remote = pool.score(batch, return_features=False)
     finally:
         pool.shutdown()
-    local = RewardPoolCore(model_cfg, cfg, HIDDEN, datasets=[spec]).score(batch, return_features=False)
+    # Ray gives a num_cpus=1 actor one torch thread; the local core uses the same count, since a
+    # different reduction order can flip a pixel at the 0.5 mask threshold.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = RewardPoolCore(model_cfg, cfg, HIDDEN, datasets=[spec]).score(batch, return_features=False)
+    finally:
+        torch.set_num_threads(threads)
     assert [r.terms for r in remote] == [r.terms for r in local]
     assert [[t.iou_vid for t in r.turns] for r in remote] == [[t.iou_vid for t in r.turns] for r in local]
