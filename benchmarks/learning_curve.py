@@ -15,7 +15,8 @@ trained on. By default the held-out episodes use the frame budget the policies t
 (--eval-settings train); `--eval-settings eval` uses the preset's larger evaluation budget, which a
 tiny policy has never seen and handles worse. Written to --out: learning_curve.json (every number,
 the command, machine facts) and learning_curve.png (held-out metrics per stage as mean +- std over
-seeds; the RL training reward per step). The seeds share the random initial policy (it is built
+seeds; the RL training reward per step). The JSON's rl_minus_sft pairs each held-out sample's SFT and
+RL episodes per seed (benchmarks.paired_delta). The seeds share the random initial policy (it is built
 deterministically) and differ in the oracle's turn mix, the SFT batch order and the RL sampling.
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, machine_info
+from benchmarks.paired_delta import describe, paired_delta
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = "{name: synthetic, format: synthetic, videos: %d, seed: 0, frames_per_video: 24}"
@@ -91,7 +93,7 @@ def run_rl_stage(train: str, policy: Path, out: Path, seed: int, steps: int, lr:
 
 def pretrain_sam2(train: str, out: Path, steps: int) -> Path:
     """The tiny SAM2's text-prompt pre-training (the stand-in for a pretrained promptable SAM2) on
-    the RL prompt pool's videos; returns the checkpoint, reused when its report exists."""
+    `train`'s videos; returns the checkpoint, reused when its report exists."""
     from configs import load_config
     from segmentation.pretrain_text_prompt import pretrain, words_path
 
@@ -185,6 +187,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sam2-pretrain-steps", type=int, default=0,
                     help="text-prompt pre-train the tiny SAM2 for this many steps first (segmentation."
                          "pretrain_text_prompt) and use it in every stage; 0 keeps the random tiny SAM2")
+    ap.add_argument("--sam2-pretrain-videos", type=int, default=None,
+                    help="training videos the SAM2 text-prompt pre-training uses (default: the RL pool, "
+                         "--rl-train-videos); --train-videos keeps the videos RL adds unseen before RL")
     ap.add_argument("--prompt-align-weight", type=float, default=0.0,
                     help="SFT only: sft.prompt_align_weight against the pre-trained SAM2's word vectors "
                          "(needs --sam2-pretrain-steps); 0 trains [SEG] through the mask loss alone")
@@ -209,12 +214,16 @@ def main(argv=None) -> int:
         args.seeds, args.sft_steps, args.rl_steps = args.seeds[:1], 4, 2
         args.train_videos, args.rl_train_videos, args.held_out_videos, args.eval_samples = 2, 3, 1, 4
         args.sam2_pretrain_steps = min(args.sam2_pretrain_steps, 2)
+        if args.sam2_pretrain_videos:
+            args.sam2_pretrain_videos = min(args.sam2_pretrain_videos, args.rl_train_videos)
     if args.rl_train_videos < args.train_videos:
         ap.error("--rl-train-videos must be at least --train-videos (the RL pool contains the SFT videos)")
     if args.decoder_lr_scale < 0:
         ap.error("--decoder-lr-scale must be >= 0")
     if args.sam2_pretrain_steps < 0:
         ap.error("--sam2-pretrain-steps must be >= 0")
+    if args.sam2_pretrain_videos is not None and not 1 <= args.sam2_pretrain_videos <= args.rl_train_videos:
+        ap.error("--sam2-pretrain-videos must be between 1 and --rl-train-videos (it takes the first videos of the RL pool)")
     for flag, weight in (("--prompt-align-weight", args.prompt_align_weight),
                          ("--rl-prompt-align-weight", args.rl_prompt_align_weight)):
         if weight < 0 or (weight > 0 and not args.sam2_pretrain_steps):
@@ -241,7 +250,8 @@ def main(argv=None) -> int:
     if args.sam2_pretrain_steps:
         from segmentation.pretrain_text_prompt import words_path
 
-        ckpt = pretrain_sam2(rl_train, work, args.sam2_pretrain_steps)
+        pool = TRAIN % (args.sam2_pretrain_videos or args.rl_train_videos)
+        ckpt = pretrain_sam2(pool, work, args.sam2_pretrain_steps)
         sam2 = [f"model.sam2_checkpoint={ckpt}"]
         extra += sam2
         if args.prompt_align_weight:
@@ -276,6 +286,7 @@ def main(argv=None) -> int:
     reports = evaluate_all(held_out, policies, work / f"eval_{args.eval_settings}", args.eval_samples,
                            args.eval_settings, sam2)
     stats = stage_stats(reports, args.seeds)
+    paired = paired_delta(reports, args.seeds)
 
     name = "learning_curve_quick" if args.quick else "learning_curve"
     result = {
@@ -284,6 +295,7 @@ def main(argv=None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
         "train_data": train, "rl_train_data": rl_train, "held_out_data": held_out,
         "held_out": stats,
+        "rl_minus_sft": paired,
         "rl_training_reward": {str(s): [{"step": r["step"], "reward/mean": r["reward/mean"],
                                          "episode/format_ok": r.get("episode/format_ok"),
                                          "iou/video_last": r.get("iou/video_last")} for r in rows]
@@ -298,6 +310,7 @@ def main(argv=None) -> int:
         line = ", ".join(f"{label} {stats[stage][k]['mean']:.3f} +- {stats[stage][k]['std']:.3f}"
                          for k, label in {**METRICS, **DIAGNOSTICS}.items())
         _log(f"{stage}: {line}")
+    _log(describe(paired))
     _log(f"wrote {out / (name + '.json')} and .png in {time.time() - started:.0f} s")
     return 0
 

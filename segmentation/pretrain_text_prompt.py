@@ -42,6 +42,7 @@ import os
 import re
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -225,9 +226,10 @@ def referring_scores(trainer: TextPromptTrainer, env, sample_ids: list[str]) -> 
 
 
 def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed: int, all_candidates: bool = False,
-             held_out_fraction: float = 0.15, frame_stride: int = 2) -> dict:
+             held_out_fraction: float = 0.15, frame_stride: int = 2, memo_frames: int = 1024) -> dict:
     """Train on cfg.data.train's non-held-out videos; with `out_path`, write the checkpoint
-    (atomically) and `<out>.json`. Returns the report."""
+    (atomically) and `<out>.json`. Returns the report. Decode-ready features of the last
+    `memo_frames` frames used stay in memory (the least recently used go first)."""
     import torch
 
     from env.datasets import held_out_videos
@@ -251,7 +253,10 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
         raise ValueError("no visible targets in the training videos: nothing to learn from")
     # The reward pool's frozen encoder and feature cache; its hidden size is irrelevant here.
     pool = RewardPoolCore(cfg.model, cfg.reward, 1, datasets=cfg.data.train, data_cache_dir=cache_dir)
-    exported: dict[str, dict] = {}
+    if memo_frames < 1:
+        raise ValueError(f"memo_frames must be >= 1, got {memo_frames}")
+    # Bounded: unbounded, it held every frame ever touched and a 240-video pool outgrew 24 GiB.
+    exported: OrderedDict[str, dict] = OrderedDict()
 
     def features_of(frames):
         refs = [(s.dataset, s.video_id, f) for s, f in frames]
@@ -260,7 +265,12 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
         if missing:
             for key, feat in pool.cache.get_many(list(dict.fromkeys(missing))).items():
                 exported[key] = pool.export_features(feat)
-        return {name: torch.cat([exported[k][name] for k in keys]) for name in exported[keys[0]]}
+        batch = {name: torch.cat([exported[k][name] for k in keys]) for name in exported[keys[0]]}
+        for k in keys:
+            exported.move_to_end(k)
+        while len(exported) > memo_frames:
+            exported.popitem(last=False)
+        return batch
 
     torch.manual_seed(seed)
     model = sam2_from_model_config(cfg.model, "cpu")
@@ -308,13 +318,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memo-frames", type=int, default=1024,
+                    help="decode-ready frame features kept in memory (least recently used evicted first)")
     ap.add_argument("--candidate-loss", choices=("best", "all"), default="best")
     ap.add_argument("--preset", default="debug_cpu", help=f"one of {available_presets()}")
     ap.add_argument("--config", default=None)
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train=[...]")
     args = ap.parse_args(argv)
-    if args.steps < 1 or args.batch < 1 or not 0 < args.lr < 1:
-        print("error: --steps and --batch must be at least 1 and --lr in (0, 1)", file=sys.stderr)
+    if args.steps < 1 or args.batch < 1 or args.memo_frames < 1 or not 0 < args.lr < 1:
+        print("error: --steps, --batch and --memo-frames must be at least 1 and --lr in (0, 1)", file=sys.stderr)
         return 2
     try:
         cfg = load_config(args.preset, args.overrides, args.config)
@@ -326,7 +338,7 @@ def main(argv=None) -> int:
 
     try:
         report = pretrain(cfg, Path(args.out) if args.out else None, args.steps, args.batch, args.lr, args.seed,
-                          args.candidate_loss == "all")
+                          args.candidate_loss == "all", memo_frames=args.memo_frames)
     except (FileNotFoundError, ValueError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -75,3 +75,26 @@ def test_text_prompt_pretraining_needs_two_videos(capsys):
     one = "data.train=[{name: synthetic, format: synthetic, videos: 1, seed: 0, frames_per_video: 24}]"
     assert main(["--steps", "1", one]) == 2
     assert "two videos" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_text_prompt_pretraining_with_a_one_frame_feature_memo_trains_the_same(tiny_sam2_ckpt):
+    """Evicting decode-ready features (memo_frames=1) recomputes them; training must not change."""
+    from configs import load_config
+    from segmentation.pretrain_text_prompt import pretrain
+
+    cfg = load_config("debug_cpu", [SYN])
+    bounded = pretrain(cfg, None, 3, 4, 3e-4, 0, memo_frames=1)
+    unbounded = pretrain(cfg, None, 3, 4, 3e-4, 0)
+    for key in ("loss_first10", "loss_last10"):
+        assert bounded[key] == pytest.approx(unbounded[key], rel=1e-5)
+    assert bounded["held_out_after"]["own_iou"] == pytest.approx(unbounded["held_out_after"]["own_iou"], abs=1e-6)
+    with pytest.raises(ValueError, match="memo_frames"):
+        pretrain(cfg, None, 1, 4, 3e-4, 0, memo_frames=0)
+
+
+def test_text_prompt_pretraining_refuses_an_empty_feature_memo(capsys):
+    from segmentation.pretrain_text_prompt import main
+
+    assert main(["--steps", "1", "--memo-frames", "0", SYN]) == 2
+    assert "--memo-frames" in capsys.readouterr().err

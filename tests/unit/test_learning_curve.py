@@ -58,6 +58,14 @@ def test_negative_sam2_pretrain_steps_are_refused(capsys):
     assert "--sam2-pretrain-steps must be >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("count", ["0", "40"])
+def test_sam2_pretrain_pool_must_be_part_of_the_rl_pool(count, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--rl-train-videos", "36", "--sam2-pretrain-videos", count])
+    assert exc.value.code == 2
+    assert "--sam2-pretrain-videos must be between 1 and --rl-train-videos" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("reward.weights.progressive", "takes KEY=VALUE"),
     ("=3", "takes KEY=VALUE"),

@@ -1,0 +1,149 @@
+"""RL minus SFT on the same held-out episodes: a paired comparison of two evaluation reports per seed.
+
+    python -m benchmarks.paired_delta EVAL_DIR [--seeds 0 1 2] [--update learning_curve.json]
+
+EVAL_DIR is the evaluation folder of a learning-curve run (`<work>/eval_train`), holding
+`sft_s<seed>/report.json` and `rl_s<seed>/report.json`. Per-stage means over seeds hide how much of a
+difference is the policy and how much is which expressions were easy; pairing every held-out sample
+with itself removes the second part. Per seed and pooled over seeds it reports the mean per-sample
+difference of J&F and of the reward, a bootstrap 95% interval (samples resampled within each seed),
+and how often the final keyframe moved, with the J&F difference split by whether it moved: on the
+same keyframe a J&F change is the mask, elsewhere it is also the choice of frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+BOOTSTRAP = 2000
+
+
+def _by_sample(report: dict) -> dict[str, dict]:
+    return {s["sample_id"]: s for s in report["samples"]}
+
+
+def _jf(sample: dict) -> float | None:
+    if sample.get("J") is None or sample.get("F") is None:
+        return None
+    return (sample["J"] + sample["F"]) / 2
+
+
+def paired_rows(sft: dict, rl: dict) -> list[dict]:
+    """One row per sample both reports scored: J&F and reward of each, and whether the keyframe moved."""
+    a, b = _by_sample(sft), _by_sample(rl)
+    rows = []
+    for sid in sorted(a.keys() & b.keys()):
+        jf_a, jf_b = _jf(a[sid]), _jf(b[sid])
+        if jf_a is None or jf_b is None:
+            continue
+        rows.append({"sample_id": sid, "jf_sft": jf_a, "jf_rl": jf_b,
+                     "reward_sft": a[sid].get("reward"), "reward_rl": b[sid].get("reward"),
+                     "keyframe_moved": a[sid]["final_keyframe"] != b[sid]["final_keyframe"]})
+    return rows
+
+
+def _interval(groups: list[np.ndarray], rng: np.random.Generator) -> list[float]:
+    """Bootstrap 95% interval of the pooled mean, resampling within each group (seed)."""
+    if not any(len(g) for g in groups):
+        return [float("nan"), float("nan")]
+    means = []
+    for _ in range(BOOTSTRAP):
+        parts = [g[rng.integers(0, len(g), len(g))] for g in groups if len(g)]
+        means.append(float(np.concatenate(parts).mean()))
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _summary(rows: list[dict]) -> dict:
+    moved = [r for r in rows if r["keyframe_moved"]]
+    kept = [r for r in rows if not r["keyframe_moved"]]
+    reward = [r["reward_rl"] - r["reward_sft"] for r in rows
+              if r["reward_rl"] is not None and r["reward_sft"] is not None]
+    return {
+        "samples": len(rows),
+        "jf_delta": _mean(r["jf_rl"] - r["jf_sft"] for r in rows),
+        "reward_delta": _mean(reward),
+        "jf_improved": sum(r["jf_rl"] > r["jf_sft"] for r in rows),
+        "jf_worsened": sum(r["jf_rl"] < r["jf_sft"] for r in rows),
+        "keyframe_moved_rate": len(moved) / len(rows) if rows else None,
+        "jf_delta_same_keyframe": _mean(r["jf_rl"] - r["jf_sft"] for r in kept),
+        "jf_delta_moved_keyframe": _mean(r["jf_rl"] - r["jf_sft"] for r in moved),
+    }
+
+
+def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> dict:
+    """{"per_seed": {seed: summary}, "pooled": summary + bootstrap intervals} of rl_s<seed> minus
+    sft_s<seed> over the samples both scored."""
+    rng = np.random.default_rng(seed)
+    per_seed, jf_groups, reward_groups, pooled_rows = {}, [], [], []
+    for s in seeds:
+        rows = paired_rows(reports[f"sft_s{s}"], reports[f"rl_s{s}"])
+        if not rows:
+            raise ValueError(f"seed {s}: the SFT and RL reports share no scored sample")
+        per_seed[str(s)] = _summary(rows)
+        pooled_rows += rows
+        jf_groups.append(np.array([r["jf_rl"] - r["jf_sft"] for r in rows]))
+        reward_groups.append(np.array([r["reward_rl"] - r["reward_sft"] for r in rows
+                                       if r["reward_rl"] is not None and r["reward_sft"] is not None]))
+    pooled = _summary(pooled_rows)
+    pooled["jf_delta_ci95"] = _interval(jf_groups, rng)
+    pooled["reward_delta_ci95"] = _interval(reward_groups, rng)
+    pooled["seeds_jf_up"] = sum(v["jf_delta"] > 0 for v in per_seed.values())
+    pooled["seeds_reward_up"] = sum((v["reward_delta"] or 0) > 0 for v in per_seed.values())
+    return {"per_seed": per_seed, "pooled": pooled}
+
+
+def load_reports(eval_dir: Path, seeds: list[int]) -> dict[str, dict]:
+    reports = {}
+    for s in seeds:
+        for stage in ("sft", "rl"):
+            path = eval_dir / f"{stage}_s{s}" / "report.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"no evaluation report at {path} (run benchmarks.learning_curve first)")
+            reports[f"{stage}_s{s}"] = json.loads(path.read_text())
+    return reports
+
+
+def describe(result: dict) -> str:
+    p = result["pooled"]
+    lo, hi = p["jf_delta_ci95"]
+    rlo, rhi = p["reward_delta_ci95"]
+    seeds = len(result["per_seed"])
+    return (f"RL - SFT over {p['samples']} paired held-out samples: J&F {p['jf_delta']:+.4f} "
+            f"(95% CI {lo:+.4f} .. {hi:+.4f}; up on {p['seeds_jf_up']}/{seeds} seeds), reward "
+            f"{p['reward_delta']:+.3f} (95% CI {rlo:+.3f} .. {rhi:+.3f}; up on {p['seeds_reward_up']}/{seeds} seeds); "
+            f"keyframe moved on {p['keyframe_moved_rate']:.0%} of samples")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.paired_delta", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("eval_dir", type=Path, help="a learning-curve run's evaluation folder (<work>/eval_train)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--update", type=Path, help="a learning_curve JSON to add the result to (key rl_minus_sft)")
+    args = ap.parse_args(argv)
+    try:
+        result = paired_delta(load_reports(args.eval_dir, args.seeds), args.seeds)
+    except (FileNotFoundError, ValueError) as exc:
+        ap.error(str(exc))
+    print(describe(result))
+    print(json.dumps(result["per_seed"], indent=1))
+    if args.update:
+        doc = json.loads(args.update.read_text())
+        doc["rl_minus_sft"] = result
+        args.update.write_text(json.dumps(doc, indent=1))
+        print(f"added rl_minus_sft to {args.update}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""RL-minus-SFT paired comparison of evaluation reports (benchmarks.paired_delta), on hand-made reports."""
+
+import json
+
+import pytest
+
+from benchmarks.paired_delta import describe, load_reports, main, paired_delta, paired_rows
+
+
+def _sample(sid, j, f, reward, keyframe):
+    return {"sample_id": sid, "J": j, "F": f, "reward": reward, "final_keyframe": keyframe}
+
+
+def _report(*samples):
+    return {"samples": list(samples)}
+
+
+def test_rows_pair_by_sample_and_skip_unscored_or_unshared_samples():
+    sft = _report(_sample("a", 0.4, 0.6, 1.0, 3), _sample("b", 0.2, 0.2, 0.0, 5), _sample("c", None, None, 0.0, 1))
+    rl = _report(_sample("b", 0.6, 0.4, 2.0, 5), _sample("a", 0.2, 0.4, 0.5, 4), _sample("c", 0.3, 0.3, 0.0, 1),
+                 _sample("d", 1.0, 1.0, 3.0, 0))
+    rows = paired_rows(sft, rl)
+    assert [r["sample_id"] for r in rows] == ["a", "b"]
+    a, b = rows
+    assert (a["jf_sft"], a["jf_rl"], a["keyframe_moved"]) == (pytest.approx(0.5), pytest.approx(0.3), True)
+    assert (b["jf_sft"], b["jf_rl"], b["keyframe_moved"]) == (pytest.approx(0.2), pytest.approx(0.5), False)
+
+
+def test_pooled_and_per_seed_deltas_split_by_keyframe_move():
+    reports = {
+        "sft_s0": _report(_sample("a", 0.4, 0.4, 1.0, 3), _sample("b", 0.2, 0.2, 0.0, 5)),
+        "rl_s0": _report(_sample("a", 0.5, 0.5, 2.0, 3), _sample("b", 0.1, 0.1, 1.0, 6)),
+        "sft_s1": _report(_sample("a", 0.3, 0.3, 1.0, 3), _sample("b", 0.3, 0.3, 1.0, 5)),
+        "rl_s1": _report(_sample("a", 0.6, 0.6, 1.0, 3), _sample("b", 0.3, 0.3, 0.0, 5)),
+    }
+    out = paired_delta(reports, [0, 1])
+    s0, s1, pooled = out["per_seed"]["0"], out["per_seed"]["1"], out["pooled"]
+    assert s0["jf_delta"] == pytest.approx(0.0) and s0["reward_delta"] == pytest.approx(1.0)
+    assert s0["jf_delta_same_keyframe"] == pytest.approx(0.1) and s0["jf_delta_moved_keyframe"] == pytest.approx(-0.1)
+    assert s1["jf_delta"] == pytest.approx(0.15) and s1["keyframe_moved_rate"] == 0.0
+    assert s1["jf_delta_moved_keyframe"] is None
+    assert pooled["samples"] == 4 and pooled["jf_delta"] == pytest.approx(0.075)
+    assert (pooled["jf_improved"], pooled["jf_worsened"]) == (2, 1)
+    assert (pooled["seeds_jf_up"], pooled["seeds_reward_up"]) == (1, 1)
+    lo, hi = pooled["jf_delta_ci95"]
+    assert -0.1 <= lo <= pooled["jf_delta"] <= hi <= 0.3
+    assert "+0.0750" in describe(out) and "1/2 seeds" in describe(out)
+
+
+def test_no_shared_sample_is_an_error():
+    reports = {"sft_s0": _report(_sample("a", 0.4, 0.4, 1.0, 3)), "rl_s0": _report(_sample("z", 0.4, 0.4, 1.0, 3))}
+    with pytest.raises(ValueError, match="seed 0"):
+        paired_delta(reports, [0])
+
+
+def test_cli_reads_an_eval_folder_and_updates_the_curve_json(tmp_path, capsys):
+    for tag, jf in (("sft_s0", 0.2), ("rl_s0", 0.4)):
+        (tmp_path / tag).mkdir()
+        (tmp_path / tag / "report.json").write_text(json.dumps(_report(_sample("a", jf, jf, jf, 2))))
+    curve = tmp_path / "learning_curve.json"
+    curve.write_text(json.dumps({"held_out": {}}))
+    assert main([str(tmp_path), "--seeds", "0", "--update", str(curve)]) == 0
+    assert json.loads(curve.read_text())["rl_minus_sft"]["pooled"]["jf_delta"] == pytest.approx(0.2)
+    assert set(load_reports(tmp_path, [0])) == {"sft_s0", "rl_s0"}
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--seeds", "0", "1"])
+    assert "no evaluation report" in capsys.readouterr().err
