@@ -68,6 +68,13 @@ def test_evaluation_writes_full_resolution_results_and_a_consistent_report(tmp_p
     report_file = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report_file["tag"] == "b" and report_file["overall"]["episodes"] == 6
     assert np.isfinite(a["seconds"]["total"])
+    # The paired RL-minus-SFT comparison reads these real reports: identical greedy runs differ by 0.
+    from benchmarks.paired_delta import paired_delta
+
+    paired = paired_delta({"sft_s0": a, "rl_s0": b}, [0])["pooled"]
+    assert paired["samples"] == 6 and paired["keyframe_moved_rate"] == 0.0
+    assert paired["jf_delta"] == pytest.approx(0.0, abs=1e-9) and paired["reward_delta"] == pytest.approx(0.0, abs=1e-9)
+    assert paired["jf_delta_ci95"] == pytest.approx([0.0, 0.0], abs=1e-9)
 
 
 def test_bad_policy_and_missing_dataset_are_clear_errors(tmp_path, capsys):
