@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation.metrics import jf_mean
+
 BOOTSTRAP = 2000
 
 
@@ -29,19 +31,22 @@ def _by_sample(report: dict) -> dict[str, dict]:
 def _jf(sample: dict) -> float | None:
     if sample.get("J") is None or sample.get("F") is None:
         return None
-    return (sample["J"] + sample["F"]) / 2
+    return jf_mean(sample["J"], sample["F"])
 
 
 def paired_rows(sft: dict, rl: dict) -> list[dict]:
-    """One row per sample both reports scored: J&F and reward of each, and whether the keyframe moved."""
+    """One row per sample both reports scored: J&F and reward of each, their RL - SFT differences
+    (reward_delta None where either reward is missing), and whether the keyframe moved."""
     a, b = _by_sample(sft), _by_sample(rl)
     rows = []
     for sid in sorted(a.keys() & b.keys()):
         jf_a, jf_b = _jf(a[sid]), _jf(b[sid])
         if jf_a is None or jf_b is None:
             continue
-        rows.append({"sample_id": sid, "jf_sft": jf_a, "jf_rl": jf_b,
-                     "reward_sft": a[sid].get("reward"), "reward_rl": b[sid].get("reward"),
+        r_a, r_b = a[sid].get("reward"), b[sid].get("reward")
+        rows.append({"sample_id": sid, "jf_sft": jf_a, "jf_rl": jf_b, "jf_delta": jf_b - jf_a,
+                     "reward_sft": r_a, "reward_rl": r_b,
+                     "reward_delta": None if r_a is None or r_b is None else r_b - r_a,
                      "keyframe_moved": a[sid]["final_keyframe"] != b[sid]["final_keyframe"]})
     return rows
 
@@ -64,19 +69,17 @@ def _mean(values) -> float | None:
 
 
 def _summary(rows: list[dict]) -> dict:
-    moved = [r for r in rows if r["keyframe_moved"]]
-    kept = [r for r in rows if not r["keyframe_moved"]]
-    reward = [r["reward_rl"] - r["reward_sft"] for r in rows
-              if r["reward_rl"] is not None and r["reward_sft"] is not None]
+    moved = [r["jf_delta"] for r in rows if r["keyframe_moved"]]
+    kept = [r["jf_delta"] for r in rows if not r["keyframe_moved"]]
     return {
         "samples": len(rows),
-        "jf_delta": _mean(r["jf_rl"] - r["jf_sft"] for r in rows),
-        "reward_delta": _mean(reward),
-        "jf_improved": sum(r["jf_rl"] > r["jf_sft"] for r in rows),
-        "jf_worsened": sum(r["jf_rl"] < r["jf_sft"] for r in rows),
+        "jf_delta": _mean(r["jf_delta"] for r in rows),
+        "reward_delta": _mean(r["reward_delta"] for r in rows),
+        "jf_improved": sum(r["jf_delta"] > 0 for r in rows),
+        "jf_worsened": sum(r["jf_delta"] < 0 for r in rows),
         "keyframe_moved_rate": len(moved) / len(rows) if rows else None,
-        "jf_delta_same_keyframe": _mean(r["jf_rl"] - r["jf_sft"] for r in kept),
-        "jf_delta_moved_keyframe": _mean(r["jf_rl"] - r["jf_sft"] for r in moved),
+        "jf_delta_same_keyframe": _mean(kept),
+        "jf_delta_moved_keyframe": _mean(moved),
     }
 
 
@@ -91,9 +94,8 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
             raise ValueError(f"seed {s}: the SFT and RL reports share no scored sample")
         per_seed[str(s)] = _summary(rows)
         pooled_rows += rows
-        jf_groups.append(np.array([r["jf_rl"] - r["jf_sft"] for r in rows]))
-        reward_groups.append(np.array([r["reward_rl"] - r["reward_sft"] for r in rows
-                                       if r["reward_rl"] is not None and r["reward_sft"] is not None]))
+        jf_groups.append(np.array([r["jf_delta"] for r in rows]))
+        reward_groups.append(np.array([r["reward_delta"] for r in rows if r["reward_delta"] is not None]))
     pooled = _summary(pooled_rows)
     pooled["jf_delta_ci95"] = _interval(jf_groups, rng)
     pooled["reward_delta_ci95"] = _interval(reward_groups, rng)

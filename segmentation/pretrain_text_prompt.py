@@ -230,6 +230,8 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
     """Train on cfg.data.train's non-held-out videos; with `out_path`, write the checkpoint
     (atomically) and `<out>.json`. Returns the report. Decode-ready features of the last
     `memo_frames` frames used stay in memory (the least recently used go first)."""
+    if memo_frames < 1:  # checked before the datasets and the encoder are built
+        raise ValueError(f"memo_frames must be >= 1, got {memo_frames}")
     import torch
 
     from env.datasets import held_out_videos
@@ -253,8 +255,6 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
         raise ValueError("no visible targets in the training videos: nothing to learn from")
     # The reward pool's frozen encoder and feature cache; its hidden size is irrelevant here.
     pool = RewardPoolCore(cfg.model, cfg.reward, 1, datasets=cfg.data.train, data_cache_dir=cache_dir)
-    if memo_frames < 1:
-        raise ValueError(f"memo_frames must be >= 1, got {memo_frames}")
     # Bounded: unbounded, it held every frame ever touched and a 240-video pool outgrew 24 GiB.
     exported: OrderedDict[str, dict] = OrderedDict()
 
