@@ -8,7 +8,9 @@ difference is the policy and how much is which expressions were easy; pairing ev
 with itself removes the second part. Per seed and pooled over seeds it reports the mean per-sample
 difference of J&F and of the reward, a bootstrap 95% interval (samples resampled within each seed),
 and how often the final keyframe moved, with the J&F difference split by whether it moved: on the
-same keyframe a J&F change is the mask, elsewhere it is also the choice of frame.
+same keyframe a J&F change is the mask, elsewhere it is also the choice of frame. It also splits the
+reward change by term and reports the turn counts, so a reward gain that only comes from dropping
+turns (the multi-turn terms apply from two turns on) shows as such.
 """
 
 from __future__ import annotations
@@ -83,9 +85,28 @@ def _summary(rows: list[dict]) -> dict:
     }
 
 
+def term_deltas(reports: dict[str, dict], seeds: list[int]) -> dict:
+    """Per reward term, RL - SFT of the reports' mean term value per seed and its mean over seeds; and
+    the average turns of each stage per seed. A term one report lacks counts as 0 there: the reward
+    leaves the multi-turn terms out of one-turn episodes, which is what a dropped term means."""
+    def overall(stage: str, s: int) -> dict:
+        return reports[f"{stage}_s{s}"].get("overall", {})
+
+    terms = sorted({t for s in seeds for st in ("sft", "rl") for t in overall(st, s).get("reward_terms", {})})
+    out = {"reward_terms": {}, "avg_turns": {}}
+    for t in terms:
+        values = [overall("rl", s).get("reward_terms", {}).get(t, 0.0)
+                  - overall("sft", s).get("reward_terms", {}).get(t, 0.0) for s in seeds]
+        out["reward_terms"][t] = {"values": values, "mean": float(np.mean(values))}
+    for st in ("sft", "rl"):
+        turns = [overall(st, s).get("avg_turns") for s in seeds]
+        out["avg_turns"][st] = {"values": turns, "mean": _mean(turns)}
+    return out
+
+
 def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> dict:
-    """{"per_seed": {seed: summary}, "pooled": summary + bootstrap intervals} of rl_s<seed> minus
-    sft_s<seed> over the samples both scored."""
+    """{"per_seed": {seed: summary}, "pooled": summary + bootstrap intervals, "by_term": term_deltas}
+    of rl_s<seed> minus sft_s<seed> over the samples both scored."""
     rng = np.random.default_rng(seed)
     per_seed, jf_groups, reward_groups, pooled_rows = {}, [], [], []
     for s in seeds:
@@ -101,7 +122,7 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
     pooled["reward_delta_ci95"] = _interval(reward_groups, rng)
     pooled["seeds_jf_up"] = sum(v["jf_delta"] > 0 for v in per_seed.values())
     pooled["seeds_reward_up"] = sum((v["reward_delta"] or 0) > 0 for v in per_seed.values())
-    return {"per_seed": per_seed, "pooled": pooled}
+    return {"per_seed": per_seed, "pooled": pooled, "by_term": term_deltas(reports, seeds)}
 
 
 def load_reports(eval_dir: Path, seeds: list[int]) -> dict[str, dict]:
@@ -123,7 +144,18 @@ def describe(result: dict) -> str:
     return (f"RL - SFT over {p['samples']} paired held-out samples: J&F {p['jf_delta']:+.4f} "
             f"(95% CI {lo:+.4f} .. {hi:+.4f}; up on {p['seeds_jf_up']}/{seeds} seeds), reward "
             f"{p['reward_delta']:+.3f} (95% CI {rlo:+.3f} .. {rhi:+.3f}; up on {p['seeds_reward_up']}/{seeds} seeds); "
-            f"keyframe moved on {p['keyframe_moved_rate']:.0%} of samples")
+            f"keyframe moved on {p['keyframe_moved_rate']:.0%} of samples{_describe_terms(result.get('by_term'))}")
+
+
+def _describe_terms(by_term: dict | None) -> str:
+    if not by_term:
+        return ""
+    moved = [f"{t} {v['mean']:+.3f}" for t, v in by_term["reward_terms"].items() if abs(v["mean"]) >= 0.005]
+    turns = by_term["avg_turns"]
+    text = f"; reward change by term: {', '.join(moved) or 'none above 0.005'}"
+    if turns["sft"]["mean"] is not None and turns["rl"]["mean"] is not None:
+        text += f"; average turns {turns['sft']['mean']:.2f} -> {turns['rl']['mean']:.2f}"
+    return text
 
 
 def main(argv=None) -> int:

@@ -71,7 +71,11 @@ def test_evaluation_writes_full_resolution_results_and_a_consistent_report(tmp_p
     # The paired RL-minus-SFT comparison reads these real reports: identical greedy runs differ by 0.
     from benchmarks.paired_delta import paired_delta
 
-    paired = paired_delta({"sft_s0": a, "rl_s0": b}, [0])["pooled"]
+    both = paired_delta({"sft_s0": a, "rl_s0": b}, [0])
+    paired = both["pooled"]
+    assert both["by_term"]["reward_terms"] and all(v["values"] == [pytest.approx(0.0, abs=1e-9)]
+                                                   for v in both["by_term"]["reward_terms"].values())
+    assert both["by_term"]["avg_turns"]["sft"] == both["by_term"]["avg_turns"]["rl"]
     assert paired["samples"] == 6 and paired["keyframe_moved_rate"] == 0.0
     assert paired["jf_delta"] == pytest.approx(0.0, abs=1e-9) and paired["reward_delta"] == pytest.approx(0.0, abs=1e-9)
     assert paired["jf_delta_ci95"] == pytest.approx([0.0, 0.0], abs=1e-9)

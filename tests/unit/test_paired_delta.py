@@ -65,3 +65,34 @@ def test_cli_reads_an_eval_folder_and_updates_the_curve_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--seeds", "0", "1"])
     assert "no evaluation report" in capsys.readouterr().err
+
+
+def test_reward_change_is_split_by_term_and_turns_are_reported():
+    # Seed 0 drops to one turn: its keyframe-vs-video term (-0.5 at two turns) is absent from the RL
+    # report, which counts as 0, so the whole reward gain shows up on that term.
+    def with_overall(report, terms, turns):
+        return {**report, "overall": {"reward_terms": terms, "avg_turns": turns}}
+
+    same = (_sample("a", 0.4, 0.4, 1.0, 3),)
+    reports = {
+        "sft_s0": with_overall(_report(*same), {"mask": 0.2, "keyframe_vs_video": -0.5}, 2.0),
+        "rl_s0": with_overall(_report(*same), {"mask": 0.2}, 1.0),
+        "sft_s1": with_overall(_report(*same), {"mask": 0.1, "keyframe_vs_video": 0.0}, 2.0),
+        "rl_s1": with_overall(_report(*same), {"mask": 0.3, "keyframe_vs_video": 0.0}, 1.5),
+    }
+    out = paired_delta(reports, [0, 1])
+    terms = out["by_term"]["reward_terms"]
+    assert terms["keyframe_vs_video"]["values"] == pytest.approx([0.5, 0.0])
+    assert terms["mask"]["values"] == pytest.approx([0.0, 0.2]) and terms["mask"]["mean"] == pytest.approx(0.1)
+    assert out["by_term"]["avg_turns"]["sft"]["mean"] == pytest.approx(2.0)
+    assert out["by_term"]["avg_turns"]["rl"]["values"] == [1.0, 1.5]
+    text = describe(out)
+    assert "keyframe_vs_video +0.250" in text and "mask +0.100" in text
+    assert "average turns 2.00 -> 1.25" in text
+
+
+def test_reports_without_term_figures_describe_no_term_change():
+    reports = {"sft_s0": _report(_sample("a", 0.4, 0.4, 1.0, 3)), "rl_s0": _report(_sample("a", 0.4, 0.4, 1.0, 3))}
+    out = paired_delta(reports, [0])
+    assert out["by_term"]["reward_terms"] == {}
+    assert "none above 0.005" in describe(out) and "average turns" not in describe(out)
