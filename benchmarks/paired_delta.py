@@ -10,7 +10,7 @@ difference of J&F and of the reward, a bootstrap 95% interval (samples resampled
 and how often the final keyframe moved, with the J&F difference split by whether it moved: on the
 same keyframe a J&F change is the mask, elsewhere it is also the choice of frame. It also splits the
 reward change by term and reports the turn counts, so a reward gain that only comes from dropping
-turns (the multi-turn terms apply from two turns on) shows as such.
+turns (the multi-turn terms score 0 below two turns) shows as such.
 """
 
 from __future__ import annotations
@@ -87,19 +87,22 @@ def _summary(rows: list[dict]) -> dict:
 
 def term_deltas(reports: dict[str, dict], seeds: list[int]) -> dict:
     """Per reward term, RL - SFT of the reports' mean term value per seed and its mean over seeds; and
-    the average turns of each stage per seed. A term one report lacks counts as 0 there: the reward
-    leaves the multi-turn terms out of one-turn episodes, which is what a dropped term means."""
-    def overall(stage: str, s: int) -> dict:
-        return reports[f"{stage}_s{s}"].get("overall", {})
+    the average turns of each stage per seed. Terms are unweighted, as the reports keep them (the
+    presets weigh every term 1). The reward scores every term on every episode (the multi-turn
+    terms are 0 at one turn); a term a report lacks, as in one without reward figures, counts as 0."""
+    def terms_of(stage: str, s: int) -> dict:
+        return reports[f"{stage}_s{s}"].get("overall", {}).get("reward_terms", {})
 
-    terms = sorted({t for s in seeds for st in ("sft", "rl") for t in overall(st, s).get("reward_terms", {})})
+    def turns_of(stage: str, s: int) -> float | None:
+        return reports[f"{stage}_s{s}"].get("overall", {}).get("avg_turns")
+
+    names = sorted({t for s in seeds for st in ("sft", "rl") for t in terms_of(st, s)})
     out = {"reward_terms": {}, "avg_turns": {}}
-    for t in terms:
-        values = [overall("rl", s).get("reward_terms", {}).get(t, 0.0)
-                  - overall("sft", s).get("reward_terms", {}).get(t, 0.0) for s in seeds]
+    for t in names:
+        values = [terms_of("rl", s).get(t, 0.0) - terms_of("sft", s).get(t, 0.0) for s in seeds]
         out["reward_terms"][t] = {"values": values, "mean": float(np.mean(values))}
     for st in ("sft", "rl"):
-        turns = [overall(st, s).get("avg_turns") for s in seeds]
+        turns = [turns_of(st, s) for s in seeds]
         out["avg_turns"][st] = {"values": turns, "mean": _mean(turns)}
     return out
 

@@ -68,8 +68,8 @@ def test_cli_reads_an_eval_folder_and_updates_the_curve_json(tmp_path, capsys):
 
 
 def test_reward_change_is_split_by_term_and_turns_are_reported():
-    # Seed 0 drops to one turn: its keyframe-vs-video term (-0.5 at two turns) is absent from the RL
-    # report, which counts as 0, so the whole reward gain shows up on that term.
+    # Seed 0 drops to one turn: its keyframe-vs-video term goes from -0.5 to nothing (a term missing
+    # from a report counts as 0, as the reward scores it at one turn), so its gain shows on that term.
     def with_overall(report, terms, turns):
         return {**report, "overall": {"reward_terms": terms, "avg_turns": turns}}
 
