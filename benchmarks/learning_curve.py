@@ -108,20 +108,46 @@ def pretrain_sam2(train: str, out: Path, steps: int) -> Path:
     return ckpt
 
 
+def reusable_report(path: Path, held_out: str, max_samples: int) -> dict | None:
+    """The report at `path` if it was made on the same held-out videos and sample budget, else None."""
+    import yaml
+
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    want = yaml.safe_load(held_out)
+    have = report.get("settings", {})
+    same_data = [{k: d.get(k) for k in want} for d in have.get("datasets", [])] == [want]
+    return report if same_data and have.get("max_samples_per_dataset") == max_samples else None
+
+
 def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Path, max_samples: int,
-                 settings: str, extra: list[str] = ()) -> dict[str, dict]:
+                 settings: str, extra: list[str] = (), reuse: bool = False) -> dict[str, dict]:
     """Greedy held-out evaluation of every policy in one session. settings="train" plays the episodes
     with the frame counts and keyframe budget the policies were trained with (env.*); "eval" uses the
-    preset's larger evaluation budget (eval.*), which a tiny policy has never seen."""
+    preset's larger evaluation budget (eval.*), which a tiny policy has never seen. With `reuse`, a
+    policy whose report under `out/<tag>/` matches the held-out set and budget is not played again
+    (a rerun of RL from the same SFT policies then evaluates only the new RL policies)."""
     from configs import load_config
     from env.episode import EVAL_SETTING_KEYS
     from learner.evaluate import evaluate
 
-    overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}", *extra]
-    if settings == "train":
-        env = load_config("debug_cpu").env
-        overrides += [f"eval.{k}={getattr(env, k)}" for k in EVAL_SETTING_KEYS]
-    return evaluate(load_config("debug_cpu", overrides), policies, out)
+    reports = {}
+    for tag, _ in policies if reuse else ():
+        report = reusable_report(out / tag / "report.json", held_out, max_samples)
+        if report is not None:
+            reports[tag] = report
+            _log(f"evaluation of {tag}: reusing {out / tag / 'report.json'}")
+    todo = [(tag, p) for tag, p in policies if tag not in reports]
+    if todo:
+        overrides = [f"data.eval=[{held_out}]", f"eval.max_samples={max_samples}", *extra]
+        if settings == "train":
+            env = load_config("debug_cpu").env
+            overrides += [f"eval.{k}={getattr(env, k)}" for k in EVAL_SETTING_KEYS]
+        # evaluate() writes a lone policy's report into the folder it is given, several into <tag>/.
+        target = out / todo[0][0] if len(todo) == 1 else out
+        reports.update(evaluate(load_config("debug_cpu", overrides), todo, target))
+    return {tag: reports[tag] for tag, _ in policies}
 
 
 def stage_stats(reports: dict[str, dict], seeds: list[int]) -> dict:
@@ -206,7 +232,8 @@ def main(argv=None) -> int:
                     help="held-out episodes with the training frame budget (default) or the preset's eval.* budget")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few videos")
     ap.add_argument("--reuse", action="store_true",
-                    help="reuse finished SFT policies and RL runs found under --work (same settings assumed)")
+                    help="reuse finished SFT policies, RL runs and held-out reports found under --work "
+                         "(same settings assumed; reports are checked against the held-out set)")
     ap.add_argument("--work", default=str(REPO / "runs" / "learning_curve"), help="where runs are written")
     ap.add_argument("--out", default=str(RESULTS), help="where learning_curve.json/.png go")
     args = ap.parse_args(argv)
@@ -284,7 +311,7 @@ def main(argv=None) -> int:
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
     _log(f"evaluating {len(policies)} policies on held-out videos")
     reports = evaluate_all(held_out, policies, work / f"eval_{args.eval_settings}", args.eval_samples,
-                           args.eval_settings, sam2)
+                           args.eval_settings, sam2, reuse=args.reuse)
     stats = stage_stats(reports, args.seeds)
     paired = paired_delta(reports, args.seeds)
 

@@ -78,3 +78,52 @@ def test_bad_rl_overrides_are_refused_before_any_training(override, fragment, ca
     assert exc.value.code == 2
     assert fragment in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before the work dir (and any stage) was made
+
+
+def _saved_report(folder, held_out, max_samples, tag):
+    import json
+
+    import yaml
+
+    folder.mkdir(parents=True)
+    report = {"tag": tag, "overall": {"J&F": 0.5},
+              "settings": {"max_samples_per_dataset": max_samples,
+                           "datasets": [{**yaml.safe_load(held_out), "root": None, "weight": 1.0}]}}
+    (folder / "report.json").write_text(json.dumps(report))
+    return report
+
+
+def test_reuse_skips_only_policies_with_a_matching_report(tmp_path, monkeypatch):
+    import learner.evaluate
+    from benchmarks.learning_curve import HELD_OUT, evaluate_all, reusable_report
+
+    held_out = HELD_OUT % 12
+    _saved_report(tmp_path / "base", held_out, 64, "base")
+    _saved_report(tmp_path / "sft_s0", held_out, 32, "sft_s0")  # another sample budget: played again
+    _saved_report(tmp_path / "sft_s1", HELD_OUT % 6, 64, "sft_s1")  # other videos: played again
+    assert reusable_report(tmp_path / "base" / "report.json", held_out, 64)["tag"] == "base"
+    assert reusable_report(tmp_path / "sft_s0" / "report.json", held_out, 64) is None
+    assert reusable_report(tmp_path / "sft_s1" / "report.json", held_out, 64) is None
+    assert reusable_report(tmp_path / "rl_s0" / "report.json", held_out, 64) is None
+
+    calls = []
+
+    def fake_evaluate(cfg, policies, out):
+        calls.append(([t for t, _ in policies], out, cfg.eval.max_samples))
+        return {t: {"tag": t, "fresh": True} for t, _ in policies}
+
+    monkeypatch.setattr(learner.evaluate, "evaluate", fake_evaluate)
+    policies = [("base", "tiny"), ("sft_s0", "a"), ("sft_s1", "b"), ("rl_s0", "c")]
+    reports = evaluate_all(held_out, policies, tmp_path, 64, "train", reuse=True)
+    assert list(reports) == ["base", "sft_s0", "sft_s1", "rl_s0"]
+    assert "fresh" not in reports["base"] and all(reports[t]["fresh"] for t in ("sft_s0", "sft_s1", "rl_s0"))
+    assert calls == [(["sft_s0", "sft_s1", "rl_s0"], tmp_path, 64)]
+
+    # A lone policy left to play is written into its own <tag>/ folder, as the others are.
+    calls.clear()
+    evaluate_all(held_out, [("base", "tiny"), ("rl_s0", "c")], tmp_path, 64, "train", reuse=True)
+    assert calls == [(["rl_s0"], tmp_path / "rl_s0", 64)]
+    # Without reuse everything is played again.
+    calls.clear()
+    evaluate_all(held_out, [("base", "tiny"), ("rl_s0", "c")], tmp_path, 64, "train")
+    assert calls == [(["base", "rl_s0"], tmp_path, 64)]
