@@ -1,6 +1,6 @@
 """RL minus SFT on the same held-out episodes: a paired comparison of two evaluation reports per seed.
 
-    python -m benchmarks.paired_delta EVAL_DIR [--seeds 0 1 2] [--update learning_curve.json]
+    python -m benchmarks.paired_delta EVAL_DIR [EVAL_DIR ...] [--seeds 0 1 2] [--update learning_curve.json]
 
 EVAL_DIR is the evaluation folder of a learning-curve run (`<work>/eval_train`), holding
 `sft_s<seed>/report.json` and `rl_s<seed>/report.json`. Per-stage means over seeds hide how much of a
@@ -128,14 +128,22 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
     return {"per_seed": per_seed, "pooled": pooled, "by_term": term_deltas(reports, seeds)}
 
 
-def load_reports(eval_dir: Path, seeds: list[int]) -> dict[str, dict]:
+def load_reports(eval_dirs: Path | list[Path], seeds: list[int]) -> dict[str, dict]:
+    """The SFT and RL reports of every seed. With several folders (runs that trained different seeds
+    on the same held-out set) each report is taken from the one folder that holds it."""
+    dirs = [eval_dirs] if isinstance(eval_dirs, Path) else list(eval_dirs)
     reports = {}
     for s in seeds:
         for stage in ("sft", "rl"):
-            path = eval_dir / f"{stage}_s{s}" / "report.json"
-            if not path.is_file():
-                raise FileNotFoundError(f"no evaluation report at {path} (run benchmarks.learning_curve first)")
-            reports[f"{stage}_s{s}"] = json.loads(path.read_text())
+            tag = f"{stage}_s{s}"
+            found = [d / tag / "report.json" for d in dirs if (d / tag / "report.json").is_file()]
+            if not found:
+                where = " or ".join(str(d / tag / "report.json") for d in dirs)
+                raise FileNotFoundError(f"no evaluation report at {where} (run benchmarks.learning_curve first)")
+            if len(found) > 1:
+                raise ValueError(f"{tag} is in more than one folder ({', '.join(map(str, found))}); "
+                                 "pass each seed's run once")
+            reports[tag] = json.loads(found[0].read_text())
     return reports
 
 
@@ -164,7 +172,9 @@ def _describe_terms(by_term: dict | None) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.paired_delta", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("eval_dir", type=Path, help="a learning-curve run's evaluation folder (<work>/eval_train)")
+    ap.add_argument("eval_dir", type=Path, nargs="+",
+                    help="a learning-curve run's evaluation folder (<work>/eval_train); several pool runs "
+                         "that evaluated different seeds on the same held-out set")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--update", type=Path, help="a learning_curve JSON to add the result to (key rl_minus_sft)")
     args = ap.parse_args(argv)

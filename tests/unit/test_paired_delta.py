@@ -67,6 +67,29 @@ def test_cli_reads_an_eval_folder_and_updates_the_curve_json(tmp_path, capsys):
     assert "no evaluation report" in capsys.readouterr().err
 
 
+def test_cli_pools_seeds_from_several_eval_folders(tmp_path, capsys):
+    first, second = tmp_path / "run_a", tmp_path / "run_b"
+    for folder, seed, jf_rl in ((first, 0, 0.4), (second, 1, 0.3)):
+        for tag, jf in ((f"sft_s{seed}", 0.2), (f"rl_s{seed}", jf_rl)):
+            (folder / tag).mkdir(parents=True)
+            (folder / tag / "report.json").write_text(json.dumps(_report(_sample("a", jf, jf, jf, 2))))
+    reports = load_reports([first, second], [0, 1])
+    assert set(reports) == {"sft_s0", "rl_s0", "sft_s1", "rl_s1"}
+    out = tmp_path / "pooled.json"
+    out.write_text("{}")
+    assert main([str(first), str(second), "--seeds", "0", "1", "--update", str(out)]) == 0
+    pooled = json.loads(out.read_text())["rl_minus_sft"]["pooled"]
+    assert pooled["samples"] == 2 and pooled["jf_delta"] == pytest.approx(0.15)
+    # A seed evaluated in two of the folders is ambiguous, not silently taken from the first.
+    (second / "sft_s0").mkdir()
+    (second / "sft_s0" / "report.json").write_text((first / "sft_s0" / "report.json").read_text())
+    with pytest.raises(ValueError, match="more than one folder"):
+        load_reports([first, second], [0, 1])
+    with pytest.raises(SystemExit):
+        main([str(first), str(second), "--seeds", "0", "1"])
+    assert "more than one folder" in capsys.readouterr().err
+
+
 def test_reward_change_is_split_by_term_and_turns_are_reported():
     # Seed 0 drops to one turn: its keyframe-vs-video term goes from -0.5 to nothing (a term missing
     # from a report counts as 0, as the reward scores it at one turn), so its gain shows on that term.
