@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from configs import Config
+from rollout.shm_segments import reap_stale_weight_dirs
 from learner import eval_report as er
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class EvalSession:
         self.workers, self.router = [], None
         self._start_rollout(policy_dir)
         shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(cfg.eval.output_dir)
+        if shm == Path("/dev/shm"):
+            reap_stale_weight_dirs(shm)  # left by drivers that were killed
         self.shm_root = shm / f"videoseg_eval_{os.getpid()}_{int(time.time())}"
         self.version = 0
         self._push_heads()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from configs import Config
+from rollout.shm_segments import reap_stale_weight_dirs
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def start_system(cfg: Config, policy_dir: Path, placements: dict) -> System:
     learners = LearnerGroup.start(cfg, str(policy_dir), envs, options=actor_options(cfg, "learner"),
                                   placement_group=(placements or {}).get("learner"))
     shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(cfg.run.output_dir)
+    if shm == Path("/dev/shm"):
+        reap_stale_weight_dirs(shm)  # left by drivers that were killed
     shm_root = shm / f"videoseg_weights_{cfg.run.name}_{os.getpid()}"
     return System(cfg, str(policy_dir), envs, pool, RolloutRouter(workers), learners, placements or {},
                   str(shm_root), hidden)

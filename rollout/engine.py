@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.schema import EnvConfig, RolloutConfig, SamplingConfig
+from rollout.shm_segments import EngineShmTracker, reap_stale_segments
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ class RolloutEngine:
         if rollout.block_size:
             args.block_size = rollout.block_size
         started = time.time()
+        reap_stale_segments()  # segments of engines whose actors were killed on this host
+        self.shm = EngineShmTracker()
         self.engine = AsyncLLM.from_engine_args(args)
+        self.shm.engine_started()
         self.startup_seconds = time.time() - started
         self.weight_version = 0
         self._ids = itertools.count()
@@ -214,6 +218,7 @@ class RolloutEngine:
 
         if self.engine is None:
             return
+        self.shm.scan()  # segments created after start-up, while the engine processes still live
         try:
             self.engine.shutdown()
         except Exception as exc:  # shutting down a dead engine must not raise
@@ -221,3 +226,4 @@ class RolloutEngine:
         # Collect the engine now: if its finaliser ran during interpreter exit it would fail noisily.
         self.engine = None
         gc.collect()
+        self.shm.cleanup()

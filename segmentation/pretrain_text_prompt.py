@@ -253,8 +253,10 @@ def pretrain(cfg, out_path: Path | None, steps: int, batch: int, lr: float, seed
     train = referred_frames(env, train_ids, frame_stride)
     if not train:
         raise ValueError("no visible targets in the training videos: nothing to learn from")
-    # The reward pool's frozen encoder and feature cache; its hidden size is irrelevant here.
-    pool = RewardPoolCore(cfg.model, cfg.reward, 1, datasets=cfg.data.train, data_cache_dir=cache_dir)
+    # The reward pool's frozen encoder; its hidden size is irrelevant here. Its own feature cache is
+    # off (capacity 0): `exported` below is the one memo, so a frame is not held twice.
+    pool = RewardPoolCore(cfg.model, cfg.reward.model_copy(update={"feature_cache_frames": 0}), 1,
+                          datasets=cfg.data.train, data_cache_dir=cache_dir)
     # Bounded: unbounded, it held every frame ever touched and a 240-video pool outgrew 24 GiB.
     exported: OrderedDict[str, dict] = OrderedDict()
 

@@ -8,8 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+from rollout.shm_segments import REGISTRY
 
 from tests.conftest import CACHE_DIR, ROOT
 
@@ -156,7 +159,17 @@ def test_driver_killed_and_resumed_matches_uninterrupted_run(tmp_path):
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    # What the killed run left in /dev/shm: its weight folder and its engine's segments (recorded
+    # by the rollout actor); the resumed run's start removes both.
+    shm = Path("/dev/shm")
+    records = [shm / REGISTRY / f"{p}.json" for p in actors.get("rollout", [])]
+    leftover = {s for r in records if r.exists() for s in json.loads(r.read_text())["segments"]}
+    assert not shm.is_dir() or any(r.exists() for r in records), "the killed rollout actor recorded no segments"
     finish(start_main(out, *common, resume=True), out)
+    if shm.is_dir():
+        assert not list(shm.glob(f"videoseg_weights_*_{proc.pid}")), "the killed driver's weight folder survived"
+        assert not any(r.exists() for r in records)
+        assert not [s for s in leftover if (shm / s).exists()], "the killed engine's segments survived"
     a, b = metric_rows(ref), metric_rows(out)
     assert [r["step"] for r in b] == [0, 1, 2, 3]
     for ra, rb in zip(a, b):
