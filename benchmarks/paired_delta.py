@@ -30,7 +30,7 @@ def _by_sample(report: dict) -> dict[str, dict]:
     return {s["sample_id"]: s for s in report["samples"]}
 
 
-def _jf(sample: dict) -> float | None:
+def sample_jf(sample: dict) -> float | None:
     if sample.get("J") is None or sample.get("F") is None:
         return None
     return jf_mean(sample["J"], sample["F"])
@@ -42,7 +42,7 @@ def paired_rows(sft: dict, rl: dict) -> list[dict]:
     a, b = _by_sample(sft), _by_sample(rl)
     rows = []
     for sid in sorted(a.keys() & b.keys()):
-        jf_a, jf_b = _jf(a[sid]), _jf(b[sid])
+        jf_a, jf_b = sample_jf(a[sid]), sample_jf(b[sid])
         if jf_a is None or jf_b is None:
             continue
         r_a, r_b = a[sid].get("reward"), b[sid].get("reward")

@@ -5,7 +5,7 @@ J&F only through the prompt its `[SEG]` projects to and the keyframe it puts it 
 replaces the policy's prompt with the text-prompt pre-training's own prompt for the expression
 (the "teacher" that SFT's prompt anchor pulls `[SEG]` towards) and scores, on the samples of given
 evaluation reports:
-- `teacher_at_policy_keyframe`: the teacher prompt on the keyframe the policy chose;
+- `teacher_at_keyframe_of:<tag>`: the teacher prompt on the keyframe that policy chose;
 - `teacher_at_best_keyframe`: the teacher prompt on the frame where the target is largest;
 next to the policies' own J&F from the reports. Same propagation, thresholds and J/F code as the
 evaluation. If the policies already sit at the teacher's level, RL with a frozen decoder has
@@ -41,17 +41,15 @@ def _load_reports(paths: list[Path]) -> dict[str, dict]:
     return reports
 
 
-def _jf(j, f) -> float | None:
-    return None if j is None or f is None else (j + f) / 2
-
-
 def ceiling(sam2_ckpt: Path, reports: dict[str, dict], batch: int = 16) -> dict:
     import torch
 
+    from benchmarks.paired_delta import sample_jf
     from configs import load_config
     from env.service import EnvService
     from learner.eval_report import expression_score
     from segmentation.pretrain_text_prompt import PromptTeacher, words_path
+    from segmentation.metrics import jf_mean
     from segmentation.propagation import Track, propagate_tracks
     from segmentation.reward_pool import RewardPoolCore
 
@@ -66,10 +64,10 @@ def ceiling(sam2_ckpt: Path, reports: dict[str, dict], batch: int = 16) -> dict:
     chosen = {tag: {s["sample_id"]: s for s in r["samples"]} for tag, r in reports.items()}
 
     # One propagation per (sample, keyframe): policies mostly agree on the keyframe.
+    gts = {sid: env.gt_masks(env.sample(sid), list(range(env.sample(sid).num_frames))) for sid in ids}
     best, jobs = {}, set()
     for sid in ids:
-        sample = env.sample(sid)
-        gt = env.gt_masks(sample, list(range(sample.num_frames)))
+        gt = gts[sid]
         best[sid] = int(gt.reshape(len(gt), -1).sum(1).argmax())
         jobs.add((sid, best[sid]))
         for tag in reports:
@@ -89,8 +87,8 @@ def ceiling(sam2_ckpt: Path, reports: dict[str, dict], batch: int = 16) -> dict:
                                  lookahead_frames=cfg.reward.batch_frames)
         for (sid, kf), pred in zip(chunk, masks):
             s = env.sample(sid)
-            sc = expression_score(s.video_id, s.exp_id, env.gt_masks(s, list(range(s.num_frames))), pred)
-            at[(sid, kf)] = _jf(sc.j, sc.f)
+            sc = expression_score(s.video_id, s.exp_id, gts[sid], pred)
+            at[(sid, kf)] = jf_mean(sc.j, sc.f)
     scores = {"teacher_at_best_keyframe": {sid: at[(sid, best[sid])] for sid in ids}}
     for tag in reports:
         scores[f"teacher_at_keyframe_of:{tag}"] = {
@@ -100,14 +98,12 @@ def ceiling(sam2_ckpt: Path, reports: dict[str, dict], batch: int = 16) -> dict:
     for variant, per in sorted(scores.items()):
         out["variants"][variant] = {"jf": float(np.mean(list(per.values()))), "n": len(per)}
     for tag, rows in chosen.items():
-        own = [_jf(r.get("J"), r.get("F")) for r in rows.values()]
-        own = [v for v in own if v is not None]
-        teach = scores.get(f"teacher_at_keyframe_of:{tag}", {})
-        paired = [(_jf(rows[s].get("J"), rows[s].get("F")), teach[s]) for s in teach
-                  if _jf(rows[s].get("J"), rows[s].get("F")) is not None]
+        own = {sid: sample_jf(r) for sid, r in rows.items() if sample_jf(r) is not None}
+        teach = scores[f"teacher_at_keyframe_of:{tag}"]
+        gaps = [teach[sid] - jf for sid, jf in own.items() if sid in teach]
         out["variants"][f"policy:{tag}"] = {
-            "jf": float(np.mean(own)) if own else None, "n": len(own),
-            "teacher_minus_policy_same_keyframe": float(np.mean([t - p for p, t in paired])) if paired else None}
+            "jf": float(np.mean(list(own.values()))) if own else None, "n": len(own),
+            "teacher_minus_policy_same_keyframe": float(np.mean(gaps)) if gaps else None}
     return out
 
 

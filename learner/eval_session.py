@@ -99,8 +99,7 @@ class EvalSession:
         self.workers, self.router = [], None
         self._start_rollout(policy_dir)
         shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(cfg.eval.output_dir)
-        if shm == Path("/dev/shm"):
-            reap_stale_weight_dirs(shm)  # left by drivers that were killed
+        reap_stale_weight_dirs()  # left by drivers that were killed on this host
         self.shm_root = shm / f"videoseg_eval_{os.getpid()}_{int(time.time())}"
         self.version = 0
         self._push_heads()

@@ -21,22 +21,14 @@ import re
 import shutil
 from pathlib import Path
 
+from cluster.local_head import pid_alive
+
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "psm_"
 REGISTRY = "videoseg_engine_segments"
 WEIGHT_DIR_PATTERNS = (re.compile(r"^videoseg_weights_.+_(\d+)$"), re.compile(r"^videoseg_eval_(\d+)_\d+$"))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def child_pids(pid: int | None = None) -> set[int]:
@@ -133,9 +125,10 @@ def reap_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
 def reap_stale_weight_dirs(shm_dir: Path = SHM_DIR) -> list[str]:
     """Remove weight-update folders of drivers whose pid is no longer alive; returns their names.
 
-    Only ever under /dev/shm (host-local, like the pids); an output-dir fallback may be shared
-    between hosts, where another host's pid says nothing."""
-    if not shm_dir.is_dir():
+    Callers pass nothing: only /dev/shm is host-local like the pids (an output-dir fallback may be
+    shared between hosts, where another host's pid says nothing). Not there or not writable: nothing
+    to do."""
+    if not shm_dir.is_dir() or not os.access(shm_dir, os.W_OK):
         return []
     removed = []
     for path in shm_dir.iterdir():
