@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -81,8 +82,14 @@ def test_stop_without_state_does_nothing(tmp_path):
 
 
 def _sleeper(*extra_args):
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *extra_args],
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *extra_args],
                             start_new_session=True)
+    # Right after Popen returns, /proc/<pid>/cmdline can still read empty here (about half the time
+    # in this sandbox); the processes these tests stand in for are long-lived, so wait until it shows.
+    deadline = time.monotonic() + 10
+    while "time.sleep(120)" not in local_head.cmdline(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
 
 
 def test_stop_never_touches_processes_that_are_not_the_heads(tmp_path):
