@@ -22,6 +22,7 @@ from pathlib import Path
 
 from configs import Config
 from rollout.shm_segments import reap_stale_weight_dirs
+from rollout.weight_transport import default_shm_root
 from learner import eval_report as er
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class EvalSession:
                 cfg.model_dump(mode="json"), str(policy_dir), self.envs[i % len(self.envs)], threads))
         self.workers, self.router = [], None
         self._start_rollout(policy_dir)
-        shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(cfg.eval.output_dir)
+        shm = default_shm_root(cfg.eval.output_dir)
         reap_stale_weight_dirs()  # left by drivers that were killed on this host
         self.shm_root = shm / f"videoseg_eval_{os.getpid()}_{int(time.time())}"
         self.version = 0

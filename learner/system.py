@@ -16,6 +16,7 @@ from pathlib import Path
 
 from configs import Config
 from rollout.shm_segments import reap_stale_weight_dirs
+from rollout.weight_transport import default_shm_root
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def start_system(cfg: Config, policy_dir: Path, placements: dict) -> System:
 
     learners = LearnerGroup.start(cfg, str(policy_dir), envs, options=actor_options(cfg, "learner"),
                                   placement_group=(placements or {}).get("learner"))
-    shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(cfg.run.output_dir)
+    shm = default_shm_root(cfg.run.output_dir)
     reap_stale_weight_dirs()  # left by drivers that were killed on this host
     shm_root = shm / f"videoseg_weights_{cfg.run.name}_{os.getpid()}"
     return System(cfg, str(policy_dir), envs, pool, RolloutRouter(workers), learners, placements or {},

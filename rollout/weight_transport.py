@@ -18,9 +18,13 @@ from typing import Iterable
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
 
 
-def default_shm_root() -> Path:
+def default_shm_root(fallback: str | os.PathLike | None = None) -> Path:
+    """/dev/shm when it is writable (weight files then never touch a disk), else `fallback`
+    (TMPDIR when not given)."""
     shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return Path(fallback) if fallback is not None else Path(os.environ.get("TMPDIR", "/tmp"))
 
 
 def is_policy_lm_weight(name: str) -> bool:

@@ -1,9 +1,12 @@
 """Bucketed weight files in shared memory: bucket bounds, manifest, optional checksums, pruning."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from rollout import weight_transport
 from rollout.weight_transport import is_policy_lm_weight, prune_versions, read_manifest, write_buckets
 
 
@@ -48,3 +51,13 @@ def test_prune_keeps_the_newest_versions(tmp_path):
 def test_heads_are_not_engine_weights():
     assert is_policy_lm_weight("model.language_model.layers.0.mlp.up_proj.weight")
     assert not is_policy_lm_weight("seg_projector.0.weight")
+
+
+def test_weight_root_falls_back_when_shared_memory_is_not_writable(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(weight_transport.os, "access", lambda path, mode: False)
+    assert weight_transport.default_shm_root(tmp_path / "run") == tmp_path / "run"
+    assert weight_transport.default_shm_root() == tmp_path / "tmp"
+    monkeypatch.setattr(weight_transport.os, "access", lambda path, mode: True)
+    if Path("/dev/shm").is_dir():
+        assert weight_transport.default_shm_root(tmp_path / "run") == Path("/dev/shm")
