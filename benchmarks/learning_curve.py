@@ -37,7 +37,8 @@ from benchmarks.paired_delta import describe, paired_delta
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = "{name: synthetic, format: synthetic, videos: %d, seed: 0, frames_per_video: 24}"
-HELD_OUT = "{name: heldout, format: synthetic, videos: %d, seed: 1000, frames_per_video: 24}"
+HELD_OUT = "{name: heldout, format: synthetic, videos: %d, seed: %d, frames_per_video: 24}"
+HELD_OUT_SEED = 1000  # the default held-out set; any other seed renders different videos
 METRICS = {"mean_reward": "mean reward", "format_valid_rate": "format-valid rate",
            "keyframe_correct_rate": "keyframe-correct rate", "J&F": "J&F"}
 # Reported per stage but not plotted: IoU between the masks of expressions naming different targets in
@@ -206,6 +207,9 @@ def main(argv=None) -> int:
                     help="RL prompt pool; its first --train-videos videos are the SFT videos")
     ap.add_argument("--held-out-videos", type=int, default=6)
     ap.add_argument("--eval-samples", type=int, default=32, help="held-out expressions, evenly spread")
+    ap.add_argument("--held-out-seed", type=int, default=HELD_OUT_SEED,
+                    help="seed of the held-out synthetic videos; another seed gives a fresh held-out set on which "
+                         "finished runs (--reuse) can be scored again, its reports kept apart from the default set's")
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--sft-lr", type=float, default=1e-3)
     ap.add_argument("--decoder-lr-scale", type=float, default=1.0,
@@ -245,6 +249,8 @@ def main(argv=None) -> int:
             args.sam2_pretrain_videos = min(args.sam2_pretrain_videos, args.rl_train_videos)
     if args.rl_train_videos < args.train_videos:
         ap.error("--rl-train-videos must be at least --train-videos (the RL pool contains the SFT videos)")
+    if args.held_out_seed == 0:
+        ap.error("--held-out-seed must not be 0: seed 0 renders the training videos")
     if args.decoder_lr_scale < 0:
         ap.error("--decoder-lr-scale must be >= 0")
     if args.sam2_pretrain_steps < 0:
@@ -269,7 +275,7 @@ def main(argv=None) -> int:
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    train, rl_train, held_out = TRAIN % args.train_videos, TRAIN % args.rl_train_videos, HELD_OUT % args.held_out_videos
+    train, rl_train, held_out = TRAIN % args.train_videos, TRAIN % args.rl_train_videos, HELD_OUT % (args.held_out_videos, args.held_out_seed)
     started = time.time()
 
     extra = [f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
@@ -310,7 +316,8 @@ def main(argv=None) -> int:
     policies += [(f"sft_s{s}", sft_policies[s]) for s in args.seeds]
     policies += [(f"rl_s{s}", rl_runs[s]) for s in args.seeds]
     _log(f"evaluating {len(policies)} policies on held-out videos")
-    reports = evaluate_all(held_out, policies, work / f"eval_{args.eval_settings}", args.eval_samples,
+    eval_dir = f"eval_{args.eval_settings}" + ("" if args.held_out_seed == HELD_OUT_SEED else f"_seed{args.held_out_seed}")
+    reports = evaluate_all(held_out, policies, work / eval_dir, args.eval_samples,
                            args.eval_settings, sam2, reuse=args.reuse)
     stats = stage_stats(reports, args.seeds)
     paired = paired_delta(reports, args.seeds)

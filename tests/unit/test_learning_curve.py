@@ -95,12 +95,12 @@ def _saved_report(folder, held_out, max_samples, tag):
 
 def test_reuse_skips_only_policies_with_a_matching_report(tmp_path, monkeypatch):
     import learner.evaluate
-    from benchmarks.learning_curve import HELD_OUT, evaluate_all, reusable_report
+    from benchmarks.learning_curve import HELD_OUT, HELD_OUT_SEED, evaluate_all, reusable_report
 
-    held_out = HELD_OUT % 12
+    held_out = HELD_OUT % (12, HELD_OUT_SEED)
     _saved_report(tmp_path / "base", held_out, 64, "base")
     _saved_report(tmp_path / "sft_s0", held_out, 32, "sft_s0")  # another sample budget: played again
-    _saved_report(tmp_path / "sft_s1", HELD_OUT % 6, 64, "sft_s1")  # other videos: played again
+    _saved_report(tmp_path / "sft_s1", HELD_OUT % (6, HELD_OUT_SEED), 64, "sft_s1")  # other videos: played again
     assert reusable_report(tmp_path / "base" / "report.json", held_out, 64)["tag"] == "base"
     assert reusable_report(tmp_path / "sft_s0" / "report.json", held_out, 64) is None
     assert reusable_report(tmp_path / "sft_s1" / "report.json", held_out, 64) is None
@@ -127,3 +127,24 @@ def test_reuse_skips_only_policies_with_a_matching_report(tmp_path, monkeypatch)
     calls.clear()
     evaluate_all(held_out, [("base", "tiny"), ("rl_s0", "c")], tmp_path, 64, "train")
     assert calls == [(["base", "rl_s0"], tmp_path, 64)]
+
+
+def test_held_out_seed_of_the_training_videos_is_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--held-out-seed", "0", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "--held-out-seed must not be 0" in capsys.readouterr().err
+
+
+def test_a_report_from_another_held_out_seed_is_not_reused(tmp_path):
+    import json
+
+    from benchmarks.learning_curve import HELD_OUT, reusable_report
+
+    report = {"settings": {"max_samples_per_dataset": 128, "datasets": [
+        {"name": "heldout", "format": "synthetic", "root": None, "videos": 24, "seed": 1000, "frames_per_video": 24}]}}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    assert reusable_report(path, HELD_OUT % (24, 1000), 128) is not None
+    assert reusable_report(path, HELD_OUT % (24, 2000), 128) is None
+    assert reusable_report(path, HELD_OUT % (24, 1000), 64) is None
