@@ -7,10 +7,16 @@ EVAL_DIR is the evaluation folder of a learning-curve run (`<work>/eval_train`),
 difference is the policy and how much is which expressions were easy; pairing every held-out sample
 with itself removes the second part. Per seed and pooled over seeds it reports the mean per-sample
 difference of J&F and of the reward, a bootstrap 95% interval (samples resampled within each seed),
-and how often the final keyframe moved, with the J&F difference split by whether it moved: on the
+and two wider J&F intervals that a claim about new videos should rest on: one resampling held-out
+videos (a video's expressions, in every seed, move together: they share frames and distractors), and
+one over seeds (a t interval of the per-seed means: a new seed is a new SFT and RL run). It also gives
+how often the final keyframe moved, with the J&F difference split by whether it moved: on the
 same keyframe a J&F change is the mask, elsewhere it is also the choice of frame. It also splits the
 reward change by term and reports the turn counts, so a reward gain that only comes from dropping
 turns (the multi-turn terms score 0 below two turns) shows as such.
+
+Several EVAL_DIRs may also hold the same seeds scored on different held-out sets (learning_curve
+--held-out-seed): their reports are then joined sample by sample into one larger held-out set.
 """
 
 from __future__ import annotations
@@ -24,10 +30,20 @@ import numpy as np
 from segmentation.metrics import jf_mean
 
 BOOTSTRAP = 2000
+# Two-sided 95% Student t quantiles by degrees of freedom (1-30); beyond, 1.96 + 2.5/df is within 0.002.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def _by_sample(report: dict) -> dict[str, dict]:
     return {s["sample_id"]: s for s in report["samples"]}
+
+
+def video_of(sample: dict) -> str:
+    """The held-out video a sample belongs to, named with its dataset (sample ids are dataset/video/expression)."""
+    if sample.get("video_id") is not None:
+        return f"{sample.get('dataset', '')}/{sample['video_id']}"
+    return sample["sample_id"].rsplit("/", 1)[0]
 
 
 def sample_jf(sample: dict) -> float | None:
@@ -46,7 +62,7 @@ def paired_rows(sft: dict, rl: dict) -> list[dict]:
         if jf_a is None or jf_b is None:
             continue
         r_a, r_b = a[sid].get("reward"), b[sid].get("reward")
-        rows.append({"sample_id": sid, "jf_sft": jf_a, "jf_rl": jf_b, "jf_delta": jf_b - jf_a,
+        rows.append({"sample_id": sid, "video": video_of(a[sid]), "jf_sft": jf_a, "jf_rl": jf_b, "jf_delta": jf_b - jf_a,
                      "reward_sft": r_a, "reward_rl": r_b,
                      "reward_delta": None if r_a is None or r_b is None else r_b - r_a,
                      "keyframe_moved": a[sid]["final_keyframe"] != b[sid]["final_keyframe"]})
@@ -63,6 +79,35 @@ def _interval(groups: list[np.ndarray], rng: np.random.Generator) -> list[float]
         means.append(float(np.concatenate(parts).mean()))
     lo, hi = np.percentile(means, [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+def _interval_by_video(rows: list[dict], rng: np.random.Generator) -> list[float]:
+    """Bootstrap 95% interval of the pooled J&F delta, resampling videos: each draw takes a video's
+    rows of every seed together, so expressions of one video count as one unit of evidence."""
+    by_video: dict[str, list[float]] = {}
+    for r in rows:
+        by_video.setdefault(r["video"], []).append(r["jf_delta"])
+    if not by_video:
+        return [float("nan"), float("nan")]
+    sums = np.array([sum(v) for v in by_video.values()])
+    counts = np.array([len(v) for v in by_video.values()])
+    means = []
+    for _ in range(BOOTSTRAP):
+        pick = rng.integers(0, len(sums), len(sums))
+        means.append(float(sums[pick].sum() / counts[pick].sum()))
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def t_interval(values: list[float]) -> list[float]:
+    """95% Student t interval of the mean of `values` (nan with fewer than two)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return [float("nan"), float("nan")]
+    df = len(x) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96 + 2.5 / df
+    half = t * float(x.std(ddof=1)) / np.sqrt(len(x))
+    return [float(x.mean() - half), float(x.mean() + half)]
 
 
 def _mean(values) -> float | None:
@@ -123,14 +168,41 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
     pooled = _summary(pooled_rows)
     pooled["jf_delta_ci95"] = _interval(jf_groups, rng)
     pooled["reward_delta_ci95"] = _interval(reward_groups, rng)
+    pooled["videos"] = len({r["video"] for r in pooled_rows})
+    pooled["jf_delta_ci95_by_video"] = _interval_by_video(pooled_rows, rng)
+    pooled["jf_delta_ci95_over_seeds"] = t_interval([v["jf_delta"] for v in per_seed.values()])
     pooled["seeds_jf_up"] = sum(v["jf_delta"] > 0 for v in per_seed.values())
     pooled["seeds_reward_up"] = sum((v["reward_delta"] or 0) > 0 for v in per_seed.values())
     return {"per_seed": per_seed, "pooled": pooled, "by_term": term_deltas(reports, seeds)}
 
 
+def join_reports(reports: list[dict], names: list[str]) -> dict:
+    """One report of a policy from its reports on disjoint held-out sets: the samples of all, and the
+    overall turns and reward terms as sample-weighted means (what paired_delta reads of `overall`).
+    Reports that share a sample id are the same set scored twice, which is refused."""
+    seen: dict[str, str] = {}
+    for report, name in zip(reports, names):
+        for sample in report["samples"]:
+            if sample["sample_id"] in seen:
+                raise ValueError(f"{sample['sample_id']} is in both {seen[sample['sample_id']]} and {name}; "
+                                 "pass each seed's run once per held-out set")
+            seen[sample["sample_id"]] = name
+    weights = np.array([len(r["samples"]) for r in reports], dtype=float)
+    overall: dict = {}
+    turns = [r.get("overall", {}).get("avg_turns") for r in reports]
+    if all(t is not None for t in turns):
+        overall["avg_turns"] = float(np.average(turns, weights=weights))
+    terms = sorted({t for r in reports for t in r.get("overall", {}).get("reward_terms", {})})
+    if terms:
+        overall["reward_terms"] = {t: float(np.average([r.get("overall", {}).get("reward_terms", {}).get(t, 0.0)
+                                                        for r in reports], weights=weights)) for t in terms}
+    return {"samples": [s for r in reports for s in r["samples"]], "overall": overall, "joined_from": names}
+
+
 def load_reports(eval_dirs: Path | list[Path], seeds: list[int]) -> dict[str, dict]:
-    """The SFT and RL reports of every seed. With several folders (runs that trained different seeds
-    on the same held-out set) each report is taken from the one folder that holds it."""
+    """The SFT and RL reports of every seed. With several folders, each report is taken from the
+    folders that hold it: one (runs that trained different seeds on the same held-out set), or
+    several that scored it on different held-out sets, which are joined (join_reports)."""
     dirs = [eval_dirs] if isinstance(eval_dirs, Path) else list(eval_dirs)
     reports = {}
     for s in seeds:
@@ -140,10 +212,8 @@ def load_reports(eval_dirs: Path | list[Path], seeds: list[int]) -> dict[str, di
             if not found:
                 where = " or ".join(str(d / tag / "report.json") for d in dirs)
                 raise FileNotFoundError(f"no evaluation report at {where} (run benchmarks.learning_curve first)")
-            if len(found) > 1:
-                raise ValueError(f"{tag} is in more than one folder ({', '.join(map(str, found))}); "
-                                 "pass each seed's run once")
-            reports[tag] = json.loads(found[0].read_text())
+            loaded = [json.loads(f.read_text()) for f in found]
+            reports[tag] = loaded[0] if len(loaded) == 1 else join_reports(loaded, [str(f) for f in found])
     return reports
 
 
@@ -155,7 +225,13 @@ def describe(result: dict) -> str:
     return (f"RL - SFT over {p['samples']} paired held-out samples: J&F {p['jf_delta']:+.4f} "
             f"(95% CI {lo:+.4f} .. {hi:+.4f}; up on {p['seeds_jf_up']}/{seeds} seeds), reward "
             f"{p['reward_delta']:+.3f} (95% CI {rlo:+.3f} .. {rhi:+.3f}; up on {p['seeds_reward_up']}/{seeds} seeds); "
+            f"J&F 95% CI resampling {p['videos']} videos {_pair(p['jf_delta_ci95_by_video'])}, "
+            f"over seeds {_pair(p['jf_delta_ci95_over_seeds'])}; "
             f"keyframe moved on {p['keyframe_moved_rate']:.0%} of samples{_describe_terms(result.get('by_term'))}")
+
+
+def _pair(interval: list[float]) -> str:
+    return "n/a" if any(np.isnan(interval)) else f"{interval[0]:+.4f} .. {interval[1]:+.4f}"
 
 
 def _describe_terms(by_term: dict | None) -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.paired_delta import describe, load_reports, main, paired_delta, paired_rows
+from benchmarks.paired_delta import describe, join_reports, load_reports, main, paired_delta, paired_rows, t_interval, video_of
 
 
 def _sample(sid, j, f, reward, keyframe):
@@ -80,14 +80,14 @@ def test_cli_pools_seeds_from_several_eval_folders(tmp_path, capsys):
     assert main([str(first), str(second), "--seeds", "0", "1", "--update", str(out)]) == 0
     pooled = json.loads(out.read_text())["rl_minus_sft"]["pooled"]
     assert pooled["samples"] == 2 and pooled["jf_delta"] == pytest.approx(0.15)
-    # A seed evaluated in two of the folders is ambiguous, not silently taken from the first.
+    # The same held-out samples of a seed in two folders are ambiguous, not silently taken from the first.
     (second / "sft_s0").mkdir()
     (second / "sft_s0" / "report.json").write_text((first / "sft_s0" / "report.json").read_text())
-    with pytest.raises(ValueError, match="more than one folder"):
+    with pytest.raises(ValueError, match="pass each seed's run once per held-out set"):
         load_reports([first, second], [0, 1])
     with pytest.raises(SystemExit):
         main([str(first), str(second), "--seeds", "0", "1"])
-    assert "more than one folder" in capsys.readouterr().err
+    assert "is in both" in capsys.readouterr().err
 
 
 def test_reward_change_is_split_by_term_and_turns_are_reported():
@@ -119,3 +119,63 @@ def test_reports_without_term_figures_describe_no_term_change():
     out = paired_delta(reports, [0])
     assert out["by_term"]["reward_terms"] == {}
     assert "none above 0.005" in describe(out) and "average turns" not in describe(out)
+
+
+def _vsample(video, exp, jf, reward=1.0, keyframe=2):
+    return {"sample_id": f"heldout/{video}/{exp}", "dataset": "heldout", "video_id": video, "J": jf, "F": jf,
+            "reward": reward, "final_keyframe": keyframe}
+
+
+def test_video_is_read_from_the_sample_or_its_id():
+    assert video_of(_vsample("syn_1000_00003", 2, 0.5)) == "heldout/syn_1000_00003"
+    assert video_of({"sample_id": "davis/bear/1"}) == "davis/bear"
+
+
+def test_video_interval_is_wider_when_a_videos_expressions_move_together():
+    # Eight videos of eight expressions; RL helps every expression of half the videos and hurts every
+    # expression of the other half. Resampling expressions treats 64 rows as independent; resampling
+    # videos sees 8 units, so its interval must be clearly wider.
+    sft, rl = [], []
+    for v in range(8):
+        for e in range(8):
+            sft.append(_vsample(f"v{v}", e, 0.5))
+            rl.append(_vsample(f"v{v}", e, 0.6 if v % 2 else 0.42 + 0.01 * e))
+    out = paired_delta({"sft_s0": _report(*sft), "rl_s0": _report(*rl)}, [0])
+    pooled = out["pooled"]
+    assert pooled["videos"] == 8 and pooled["samples"] == 64
+    by_sample = pooled["jf_delta_ci95"][1] - pooled["jf_delta_ci95"][0]
+    by_video = pooled["jf_delta_ci95_by_video"][1] - pooled["jf_delta_ci95_by_video"][0]
+    assert by_video > 1.5 * by_sample
+    lo, hi = pooled["jf_delta_ci95_by_video"]
+    assert lo <= pooled["jf_delta"] <= hi
+    # One seed gives no interval over seeds, and the summary line says so.
+    assert all(x != x for x in pooled["jf_delta_ci95_over_seeds"])
+    assert "over seeds n/a" in describe(out) and "resampling 8 videos" in describe(out)
+
+
+def test_t_interval_of_per_seed_means():
+    lo, hi = t_interval([0.01, 0.03, -0.01, 0.05])
+    # mean 0.02, sample std 0.02582, t(3) = 3.182: half width 0.04108
+    assert (lo, hi) == (pytest.approx(0.02 - 0.04108, abs=1e-4), pytest.approx(0.02 + 0.04108, abs=1e-4))
+    assert t_interval([0.1, 0.1])[0] == pytest.approx(0.1)
+    assert all(x != x for x in t_interval([0.1]))
+
+
+def test_reports_of_one_policy_on_two_held_out_sets_are_joined(tmp_path):
+    set_a, set_b = tmp_path / "eval_train", tmp_path / "eval_train_seed2000"
+    for folder, video, sft_jf, rl_jf, turns in ((set_a, "syn_1000_00000", 0.2, 0.4, 2.0),
+                                                (set_b, "syn_2000_00000", 0.3, 0.3, 1.0)):
+        for tag, jf, t in (("sft_s0", sft_jf, 2.0), ("rl_s0", rl_jf, turns)):
+            (folder / tag).mkdir(parents=True)
+            report = _report(_vsample(video, 0, jf), _vsample(video, 1, jf))
+            report["overall"] = {"avg_turns": t, "reward_terms": {"mask": jf}}
+            (folder / tag / "report.json").write_text(json.dumps(report))
+    reports = load_reports([set_a, set_b], [0])
+    assert len(reports["rl_s0"]["samples"]) == 4
+    assert reports["rl_s0"]["overall"]["avg_turns"] == pytest.approx(1.5)
+    assert reports["rl_s0"]["overall"]["reward_terms"]["mask"] == pytest.approx(0.35)
+    out = paired_delta(reports, [0])
+    assert out["pooled"]["samples"] == 4 and out["pooled"]["videos"] == 2
+    assert out["pooled"]["jf_delta"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="is in both"):
+        join_reports([reports["rl_s0"], reports["rl_s0"]], ["x", "y"])
