@@ -249,8 +249,8 @@ def main(argv=None) -> int:
             args.sam2_pretrain_videos = min(args.sam2_pretrain_videos, args.rl_train_videos)
     if args.rl_train_videos < args.train_videos:
         ap.error("--rl-train-videos must be at least --train-videos (the RL pool contains the SFT videos)")
-    if args.held_out_seed == 0:
-        ap.error("--held-out-seed must not be 0: seed 0 renders the training videos")
+    if args.held_out_seed < 1:
+        ap.error("--held-out-seed must be a positive integer (seed 0 renders the training videos)")
     if args.decoder_lr_scale < 0:
         ap.error("--decoder-lr-scale must be >= 0")
     if args.sam2_pretrain_steps < 0:

@@ -129,11 +129,13 @@ def test_reuse_skips_only_policies_with_a_matching_report(tmp_path, monkeypatch)
     assert calls == [(["base", "rl_s0"], tmp_path, 64)]
 
 
-def test_held_out_seed_of_the_training_videos_is_refused(capsys, tmp_path):
+@pytest.mark.parametrize("seed", ["0", "-3"])
+def test_held_out_seed_of_the_training_videos_or_negative_is_refused(seed, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        main(["--held-out-seed", "0", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+        main(["--held-out-seed", seed, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
-    assert "--held-out-seed must not be 0" in capsys.readouterr().err
+    assert "--held-out-seed must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_a_report_from_another_held_out_seed_is_not_reused(tmp_path):
