@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from learner.eval_report import EpisodeOutcome, episode_summary
 from segmentation.metrics import jf_mean
 
 BOOTSTRAP = 2000
@@ -69,16 +70,18 @@ def paired_rows(sft: dict, rl: dict) -> list[dict]:
     return rows
 
 
+def _bootstrap_ci(draw_mean) -> list[float]:
+    """The 2.5 and 97.5 percentiles of BOOTSTRAP means, each from one call of `draw_mean`."""
+    lo, hi = np.percentile([draw_mean() for _ in range(BOOTSTRAP)], [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def _interval(groups: list[np.ndarray], rng: np.random.Generator) -> list[float]:
     """Bootstrap 95% interval of the pooled mean, resampling within each group (seed)."""
-    if not any(len(g) for g in groups):
+    groups = [g for g in groups if len(g)]
+    if not groups:
         return [float("nan"), float("nan")]
-    means = []
-    for _ in range(BOOTSTRAP):
-        parts = [g[rng.integers(0, len(g), len(g))] for g in groups if len(g)]
-        means.append(float(np.concatenate(parts).mean()))
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    return _bootstrap_ci(lambda: float(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]).mean()))
 
 
 def _interval_by_video(rows: list[dict], rng: np.random.Generator) -> list[float]:
@@ -91,12 +94,12 @@ def _interval_by_video(rows: list[dict], rng: np.random.Generator) -> list[float
         return [float("nan"), float("nan")]
     sums = np.array([sum(v) for v in by_video.values()])
     counts = np.array([len(v) for v in by_video.values()])
-    means = []
-    for _ in range(BOOTSTRAP):
+
+    def draw() -> float:
         pick = rng.integers(0, len(sums), len(sums))
-        means.append(float(sums[pick].sum() / counts[pick].sum()))
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return [float(lo), float(hi)]
+        return float(sums[pick].sum() / counts[pick].sum())
+
+    return _bootstrap_ci(draw)
 
 
 def t_interval(values: list[float]) -> list[float]:
@@ -178,7 +181,7 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
 
 def join_reports(reports: list[dict], names: list[str]) -> dict:
     """One report of a policy from its reports on disjoint held-out sets: the samples of all, and the
-    overall turns and reward terms as sample-weighted means (what paired_delta reads of `overall`).
+    episode means over them (learner.eval_report.episode_summary; J&F stays per sample).
     Reports that share a sample id are the same set scored twice, which is refused."""
     seen: dict[str, str] = {}
     for report, name in zip(reports, names):
@@ -187,16 +190,9 @@ def join_reports(reports: list[dict], names: list[str]) -> dict:
                 raise ValueError(f"{sample['sample_id']} is in both {seen[sample['sample_id']]} and {name}; "
                                  "pass each seed's run once per held-out set")
             seen[sample["sample_id"]] = name
-    weights = np.array([len(r["samples"]) for r in reports], dtype=float)
-    overall: dict = {}
-    turns = [r.get("overall", {}).get("avg_turns") for r in reports]
-    if all(t is not None for t in turns):
-        overall["avg_turns"] = float(np.average(turns, weights=weights))
-    terms = sorted({t for r in reports for t in r.get("overall", {}).get("reward_terms", {})})
-    if terms:
-        overall["reward_terms"] = {t: float(np.average([r.get("overall", {}).get("reward_terms", {}).get(t, 0.0)
-                                                        for r in reports], weights=weights)) for t in terms}
-    return {"samples": [s for r in reports for s in r["samples"]], "overall": overall, "joined_from": names}
+    samples = [s for r in reports for s in r["samples"]]
+    overall = episode_summary([EpisodeOutcome(**s) for s in samples])
+    return {"samples": samples, "overall": overall, "joined_from": names}
 
 
 def load_reports(eval_dirs: Path | list[Path], seeds: list[int]) -> dict[str, dict]:

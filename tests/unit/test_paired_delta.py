@@ -161,14 +161,23 @@ def test_t_interval_of_per_seed_means():
     assert all(x != x for x in t_interval([0.1]))
 
 
+def _outcome(video, exp, jf, turns):
+    """A report sample as learner.evaluate writes it (EpisodeOutcome.as_dict())."""
+    from learner.eval_report import EpisodeOutcome
+
+    return EpisodeOutcome(sample_id=f"heldout/{video}/{exp}", dataset="heldout", video_id=video, exp_id=str(exp),
+                          type_id=0, turns=int(turns), end_reason="answer", format_valid=True, answered=True,
+                          final_keyframe=2, chose_keyframe=True, keyframe_correct=True, has_seg=True, reward=1.0,
+                          reward_terms={"mask": jf}, J=jf, F=jf).as_dict()
+
+
 def test_reports_of_one_policy_on_two_held_out_sets_are_joined(tmp_path):
     set_a, set_b = tmp_path / "eval_train", tmp_path / "eval_train_seed2000"
     for folder, video, sft_jf, rl_jf, turns in ((set_a, "syn_1000_00000", 0.2, 0.4, 2.0),
                                                 (set_b, "syn_2000_00000", 0.3, 0.3, 1.0)):
         for tag, jf, t in (("sft_s0", sft_jf, 2.0), ("rl_s0", rl_jf, turns)):
             (folder / tag).mkdir(parents=True)
-            report = _report(_vsample(video, 0, jf), _vsample(video, 1, jf))
-            report["overall"] = {"avg_turns": t, "reward_terms": {"mask": jf}}
+            report = _report(*(_outcome(video, e, jf, t) for e in (0, 1)))
             (folder / tag / "report.json").write_text(json.dumps(report))
     reports = load_reports([set_a, set_b], [0])
     assert len(reports["rl_s0"]["samples"]) == 4
