@@ -9,7 +9,10 @@ with itself removes the second part. Per seed and pooled over seeds it reports t
 difference of J&F and of the reward, a bootstrap 95% interval (samples resampled within each seed),
 and two wider J&F intervals that a claim about new videos should rest on: one resampling held-out
 videos (a video's expressions, in every seed, move together: they share frames and distractors), and
-one over seeds (a t interval of the per-seed means: a new seed is a new SFT and RL run). It also gives
+one over seeds (a t interval of the per-seed means: a new seed is a new SFT and RL run). Each of those
+holds the other factor fixed, so a fourth interval resamples seeds and videos at once (a two-way
+"pigeonhole" bootstrap: a draw picks seeds and videos with replacement and keeps every row in both
+picks); it is the one that speaks for a new run on new videos, and it errs wide. It also gives
 how often the final keyframe moved, with the J&F difference split by whether it moved: on the
 same keyframe a J&F change is the mask, elsewhere it is also the choice of frame. It also splits the
 reward change by term and reports the turn counts, so a reward gain that only comes from dropping
@@ -102,6 +105,29 @@ def _interval_by_video(rows: list[dict], rng: np.random.Generator) -> list[float
     return _bootstrap_ci(draw)
 
 
+def _interval_seeds_and_videos(rows_by_seed: list[list[dict]], rng: np.random.Generator) -> list[float]:
+    """Bootstrap 95% interval of the pooled J&F delta resampling seeds and videos independently. A draw
+    weighs each (seed, video) cell by how often its seed was drawn times how often its video was, so the
+    draw's mean is the weighted sum of cell sums over the weighted sum of cell counts."""
+    videos = sorted({r["video"] for rows in rows_by_seed for r in rows})
+    if len(rows_by_seed) < 2 or not videos:
+        return [float("nan"), float("nan")]
+    col = {v: i for i, v in enumerate(videos)}
+    sums = np.zeros((len(rows_by_seed), len(videos)))
+    counts = np.zeros_like(sums)
+    for i, rows in enumerate(rows_by_seed):
+        for r in rows:
+            sums[i, col[r["video"]]] += r["jf_delta"]
+            counts[i, col[r["video"]]] += 1
+
+    def draw() -> float:
+        seed_w = np.bincount(rng.integers(0, len(rows_by_seed), len(rows_by_seed)), minlength=len(rows_by_seed))
+        video_w = np.bincount(rng.integers(0, len(videos), len(videos)), minlength=len(videos))
+        return float(seed_w @ sums @ video_w / (seed_w @ counts @ video_w))
+
+    return _bootstrap_ci(draw)
+
+
 def t_interval(values: list[float]) -> list[float]:
     """95% Student t interval of the mean of `values` (nan with fewer than two)."""
     x = np.asarray(values, dtype=float)
@@ -159,13 +185,14 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
     """{"per_seed": {seed: summary}, "pooled": summary + bootstrap intervals, "by_term": term_deltas}
     of rl_s<seed> minus sft_s<seed> over the samples both scored."""
     rng = np.random.default_rng(seed)
-    per_seed, jf_groups, reward_groups, pooled_rows = {}, [], [], []
+    per_seed, jf_groups, reward_groups, pooled_rows, rows_by_seed = {}, [], [], [], []
     for s in seeds:
         rows = paired_rows(reports[f"sft_s{s}"], reports[f"rl_s{s}"])
         if not rows:
             raise ValueError(f"seed {s}: the SFT and RL reports share no scored sample")
         per_seed[str(s)] = _summary(rows)
         pooled_rows += rows
+        rows_by_seed.append(rows)
         jf_groups.append(np.array([r["jf_delta"] for r in rows]))
         reward_groups.append(np.array([r["reward_delta"] for r in rows if r["reward_delta"] is not None]))
     pooled = _summary(pooled_rows)
@@ -174,6 +201,8 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
     pooled["videos"] = len({r["video"] for r in pooled_rows})
     pooled["jf_delta_ci95_by_video"] = _interval_by_video(pooled_rows, rng)
     pooled["jf_delta_ci95_over_seeds"] = t_interval([v["jf_delta"] for v in per_seed.values()])
+    # Drawn last, so the intervals above reproduce the draws of reports written before it existed.
+    pooled["jf_delta_ci95_seeds_and_videos"] = _interval_seeds_and_videos(rows_by_seed, rng)
     pooled["seeds_jf_up"] = sum(v["jf_delta"] > 0 for v in per_seed.values())
     pooled["seeds_reward_up"] = sum((v["reward_delta"] or 0) > 0 for v in per_seed.values())
     return {"per_seed": per_seed, "pooled": pooled, "by_term": term_deltas(reports, seeds)}
@@ -222,7 +251,8 @@ def describe(result: dict) -> str:
             f"(95% CI {lo:+.4f} .. {hi:+.4f}; up on {p['seeds_jf_up']}/{seeds} seeds), reward "
             f"{p['reward_delta']:+.3f} (95% CI {rlo:+.3f} .. {rhi:+.3f}; up on {p['seeds_reward_up']}/{seeds} seeds); "
             f"J&F 95% CI resampling {p['videos']} videos {_pair(p['jf_delta_ci95_by_video'])}, "
-            f"over seeds {_pair(p['jf_delta_ci95_over_seeds'])}; "
+            f"over seeds {_pair(p['jf_delta_ci95_over_seeds'])}, "
+            f"seeds and videos together {_pair(p['jf_delta_ci95_seeds_and_videos'])}; "
             f"keyframe moved on {p['keyframe_moved_rate']:.0%} of samples{_describe_terms(result.get('by_term'))}")
 
 

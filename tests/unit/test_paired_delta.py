@@ -153,6 +153,44 @@ def test_video_interval_is_wider_when_a_videos_expressions_move_together():
     assert "over seeds n/a" in describe(out) and "resampling 8 videos" in describe(out)
 
 
+def _seeds_by_videos(delta_of):
+    """Reports of four seeds on eight videos of four expressions each; RL's J&F is SFT's 0.5 plus
+    delta_of(seed, video)."""
+    reports = {}
+    for s in range(4):
+        sft = [_vsample(f"v{v}", e, 0.5) for v in range(8) for e in range(4)]
+        rl = [_vsample(f"v{v}", e, 0.5 + delta_of(s, v)) for v in range(8) for e in range(4)]
+        reports[f"sft_s{s}"], reports[f"rl_s{s}"] = _report(*sft), _report(*rl)
+    return reports
+
+
+def _width(interval):
+    return interval[1] - interval[0]
+
+
+def test_seed_and_video_interval_widens_with_either_factor():
+    # Seeds that disagree (two help, two hurt) on top of videos that disagree: resampling videos alone
+    # holds the seeds fixed and misses their spread; resampling both must be wider.
+    both = paired_delta(_seeds_by_videos(lambda s, v: (0.04 if s < 2 else -0.02) + (0.03 if v % 2 else -0.01)),
+                        [0, 1, 2, 3])["pooled"]
+    crossed = both["jf_delta_ci95_seeds_and_videos"]
+    assert crossed[0] <= both["jf_delta"] <= crossed[1]
+    assert _width(crossed) > 1.5 * _width(both["jf_delta_ci95_by_video"])
+    # Seeds that agree: the seed draw changes nothing, so the crossed interval is the video interval.
+    videos_only = paired_delta(_seeds_by_videos(lambda s, v: 0.03 if v % 2 else -0.01), [0, 1, 2, 3])["pooled"]
+    assert _width(videos_only["jf_delta_ci95_seeds_and_videos"]) == pytest.approx(
+        _width(videos_only["jf_delta_ci95_by_video"]), rel=0.25)
+    # The same gain everywhere leaves nothing to resample.
+    flat = paired_delta(_seeds_by_videos(lambda s, v: 0.02), [0, 1, 2, 3])["pooled"]
+    assert flat["jf_delta_ci95_seeds_and_videos"] == [pytest.approx(0.02), pytest.approx(0.02)]
+
+
+def test_seed_and_video_interval_needs_two_seeds():
+    one = paired_delta(_seeds_by_videos(lambda s, v: 0.01 * v), [0])
+    assert all(x != x for x in one["pooled"]["jf_delta_ci95_seeds_and_videos"])
+    assert "seeds and videos together n/a" in describe(one)
+
+
 def test_t_interval_of_per_seed_means():
     lo, hi = t_interval([0.01, 0.03, -0.01, 0.05])
     # mean 0.02, sample std 0.02582, t(3) = 3.182: half width 0.04108
