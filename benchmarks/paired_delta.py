@@ -87,31 +87,10 @@ def _interval(groups: list[np.ndarray], rng: np.random.Generator) -> list[float]
     return _bootstrap_ci(lambda: float(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]).mean()))
 
 
-def _interval_by_video(rows: list[dict], rng: np.random.Generator) -> list[float]:
-    """Bootstrap 95% interval of the pooled J&F delta, resampling videos: each draw takes a video's
-    rows of every seed together, so expressions of one video count as one unit of evidence."""
-    by_video: dict[str, list[float]] = {}
-    for r in rows:
-        by_video.setdefault(r["video"], []).append(r["jf_delta"])
-    if not by_video:
-        return [float("nan"), float("nan")]
-    sums = np.array([sum(v) for v in by_video.values()])
-    counts = np.array([len(v) for v in by_video.values()])
-
-    def draw() -> float:
-        pick = rng.integers(0, len(sums), len(sums))
-        return float(sums[pick].sum() / counts[pick].sum())
-
-    return _bootstrap_ci(draw)
-
-
-def _interval_seeds_and_videos(rows_by_seed: list[list[dict]], rng: np.random.Generator) -> list[float]:
-    """Bootstrap 95% interval of the pooled J&F delta resampling seeds and videos independently. A draw
-    weighs each (seed, video) cell by how often its seed was drawn times how often its video was, so the
-    draw's mean is the weighted sum of cell sums over the weighted sum of cell counts."""
+def seed_video_table(rows_by_seed: list[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
+    """(seed x video) sums and counts of the J&F deltas, videos in sorted order. Both video-level
+    intervals draw from it: the by-video one from its column totals, the two-way one from its cells."""
     videos = sorted({r["video"] for rows in rows_by_seed for r in rows})
-    if len(rows_by_seed) < 2 or not videos:
-        return [float("nan"), float("nan")]
     col = {v: i for i, v in enumerate(videos)}
     sums = np.zeros((len(rows_by_seed), len(videos)))
     counts = np.zeros_like(sums)
@@ -119,10 +98,35 @@ def _interval_seeds_and_videos(rows_by_seed: list[list[dict]], rng: np.random.Ge
         for r in rows:
             sums[i, col[r["video"]]] += r["jf_delta"]
             counts[i, col[r["video"]]] += 1
+    return sums, counts
+
+
+def _interval_by_video(sums: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> list[float]:
+    """Bootstrap 95% interval of the pooled J&F delta, resampling videos: each draw takes a video's
+    rows of every seed together (a column of the seed x video table), so expressions of one video
+    count as one unit of evidence."""
+    video_sums, video_counts = sums.sum(axis=0), counts.sum(axis=0)
+    if not len(video_sums):
+        return [float("nan"), float("nan")]
 
     def draw() -> float:
-        seed_w = np.bincount(rng.integers(0, len(rows_by_seed), len(rows_by_seed)), minlength=len(rows_by_seed))
-        video_w = np.bincount(rng.integers(0, len(videos), len(videos)), minlength=len(videos))
+        pick = rng.integers(0, len(video_sums), len(video_sums))
+        return float(video_sums[pick].sum() / video_counts[pick].sum())
+
+    return _bootstrap_ci(draw)
+
+
+def _interval_seeds_and_videos(sums: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> list[float]:
+    """Bootstrap 95% interval of the pooled J&F delta resampling seeds and videos independently. A draw
+    weighs each (seed, video) cell by how often its seed was drawn times how often its video was, so the
+    draw's mean is the weighted sum of cell sums over the weighted sum of cell counts."""
+    n_seeds, n_videos = sums.shape
+    if n_seeds < 2 or not n_videos:
+        return [float("nan"), float("nan")]
+
+    def draw() -> float:
+        seed_w = np.bincount(rng.integers(0, n_seeds, n_seeds), minlength=n_seeds)
+        video_w = np.bincount(rng.integers(0, n_videos, n_videos), minlength=n_videos)
         return float(seed_w @ sums @ video_w / (seed_w @ counts @ video_w))
 
     return _bootstrap_ci(draw)
@@ -199,10 +203,11 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
     pooled["jf_delta_ci95"] = _interval(jf_groups, rng)
     pooled["reward_delta_ci95"] = _interval(reward_groups, rng)
     pooled["videos"] = len({r["video"] for r in pooled_rows})
-    pooled["jf_delta_ci95_by_video"] = _interval_by_video(pooled_rows, rng)
+    sums, counts = seed_video_table(rows_by_seed)
+    pooled["jf_delta_ci95_by_video"] = _interval_by_video(sums, counts, rng)
     pooled["jf_delta_ci95_over_seeds"] = t_interval([v["jf_delta"] for v in per_seed.values()])
     # Drawn last, so the intervals above reproduce the draws of reports written before it existed.
-    pooled["jf_delta_ci95_seeds_and_videos"] = _interval_seeds_and_videos(rows_by_seed, rng)
+    pooled["jf_delta_ci95_seeds_and_videos"] = _interval_seeds_and_videos(sums, counts, rng)
     pooled["seeds_jf_up"] = sum(v["jf_delta"] > 0 for v in per_seed.values())
     pooled["seeds_reward_up"] = sum((v["reward_delta"] or 0) > 0 for v in per_seed.values())
     return {"per_seed": per_seed, "pooled": pooled, "by_term": term_deltas(reports, seeds)}

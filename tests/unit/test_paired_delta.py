@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from benchmarks.paired_delta import describe, join_reports, load_reports, main, paired_delta, paired_rows, t_interval, video_of
+from benchmarks.paired_delta import (describe, join_reports, load_reports, main, paired_delta, paired_rows,
+                                     seed_video_table, t_interval, video_of)
 
 
 def _sample(sid, j, f, reward, keyframe):
@@ -189,6 +190,28 @@ def test_seed_and_video_interval_needs_two_seeds():
     one = paired_delta(_seeds_by_videos(lambda s, v: 0.01 * v), [0])
     assert all(x != x for x in one["pooled"]["jf_delta_ci95_seeds_and_videos"])
     assert "seeds and videos together n/a" in describe(one)
+
+
+def test_seed_video_table_sums_and_counts_each_cell():
+    rows_by_seed = [
+        [{"video": "b", "jf_delta": 0.1}, {"video": "a", "jf_delta": 0.2}, {"video": "b", "jf_delta": 0.3}],
+        [{"video": "c", "jf_delta": -0.1}],
+    ]
+    sums, counts = seed_video_table(rows_by_seed)
+    # Videos in sorted order (a, b, c), one row per seed.
+    assert sums.tolist() == [[pytest.approx(0.2), pytest.approx(0.4), 0.0], [0.0, 0.0, pytest.approx(-0.1)]]
+    assert counts.tolist() == [[1, 2, 0], [0, 0, 1]]
+
+
+def test_video_interval_does_not_depend_on_the_order_of_seeds():
+    # Seed 0 lacks video v0: the by-video draws must still see the same videos in the same order
+    # whichever seed is listed first, so the interval is the same.
+    reports = _seeds_by_videos(lambda s, v: 0.01 * v - 0.02 * s)
+    for stage in ("sft_s0", "rl_s0"):
+        reports[stage] = _report(*[x for x in reports[stage]["samples"] if x["video_id"] != "v0"])
+    forward = paired_delta(reports, [0, 1, 2, 3])["pooled"]["jf_delta_ci95_by_video"]
+    backward = paired_delta(reports, [3, 2, 1, 0])["pooled"]["jf_delta_ci95_by_video"]
+    assert forward == [pytest.approx(backward[0], abs=1e-12), pytest.approx(backward[1], abs=1e-12)]
 
 
 def test_t_interval_of_per_seed_means():
