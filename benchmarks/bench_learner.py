@@ -3,6 +3,7 @@
     python -m benchmarks.bench_learner --quick                        # CPU, tiny policy
     python -m benchmarks.bench_learner --device cuda --shape qwen3-vl-2b --seqs 16 --seq-len 4096
     python -m benchmarks.bench_learner --quick --vision-attention both  # batched vs per-block attention
+    python -m benchmarks.bench_learner --quick --compile-blocks both --warmup 2  # compiled blocks vs eager
 
 What runs is the production path (`learner.core.LearnerCore.train`): DeepSpeed ZeRO-2, bf16 on GPU,
 gradient checkpointing, the policy-gradient term with truncated IS, k3 KL against reference
@@ -198,6 +199,7 @@ def run(args) -> dict:
         f"learner.gradient_checkpointing={'true' if gpu and not args.no_gc else 'false'}",
         f"learner.calibration={'false' if args.no_calibration else 'true'}",
         f"learner.micro_batch_tokens={args.micro_batch_tokens}", "learner.kl_coef=0.04",
+        f"learner.compile_blocks={'true' if args.compile_blocks == 'on' else 'false'}",
         "learner.reference_policy=none", "learner.lr=1e-6", f"model.vision_attention={args.vision_attention}",
     ]
     cfg = load_config("debug_cpu", overrides)
@@ -247,8 +249,11 @@ def run(args) -> dict:
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     core.sync_timing = True
-    core.train(items, totals)  # warm-up (allocations, autotuning)
+    warm_t0 = time.perf_counter()
+    for _ in range(args.warmup):  # allocations, autotuning, and with compile_blocks the compiles
+        core.train(items, totals)
     sync()
+    warmup_s = time.perf_counter() - warm_t0
     times = []
     steps = 1 if args.quick and not gpu else args.steps
     for _ in range(steps):
@@ -282,7 +287,8 @@ def run(args) -> dict:
                    "micro_batch_tokens": cfg.learner.micro_batch_tokens, "params": n_params,
                    "sam2": f"{sam_cfg}@{sam_size}", "distinct_frames": len(seen),
                    "frame_slots": sum(len(t.frames) for t in trajs),
-                   "vision_attention": cfg.model.vision_attention},
+                   "vision_attention": cfg.model.vision_attention, "compile_blocks": cfg.learner.compile_blocks},
+        "warmup_steps": args.warmup, "warmup_seconds": round(warmup_s, 2),
         "step_seconds_median": round(step_s, 4),
         "step_seconds_all": [round(x, 4) for x in times],
         "tokens_per_s": round(tokens / step_s, 1),
@@ -313,25 +319,26 @@ def _drop_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def compare_vision_attention(argv: list[str]) -> dict:
-    """Run the benchmark once per vision-attention setting, each in a fresh process (so neither
-    inherits the other's allocator state), and report batched against the per_block baseline."""
+def compare_settings(argv: list[str], option: str, baseline: str, candidate: str) -> dict:
+    """Run the benchmark once with `option baseline` and once with `option candidate`, each in a
+    fresh process (so neither inherits the other's allocator state or compile caches), and report the
+    candidate with the baseline's figures and the speedup beside it."""
     import tempfile
 
-    base = _drop_option(_drop_option(list(argv), "--vision-attention"), "--out")
+    base = _drop_option(_drop_option(list(argv), option), "--out")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("per_block", "batched"):
-            out = Path(tmp) / f"{mode}.json"
-            subprocess.run([sys.executable, "-m", "benchmarks.bench_learner", *base, "--vision-attention", mode,
+        for value in (baseline, candidate):
+            out = Path(tmp) / f"{value}.json"
+            subprocess.run([sys.executable, "-m", "benchmarks.bench_learner", *base, option, value,
                             "--out", str(out)], check=True)
-            runs[mode] = json.loads(out.read_text())
-    result = {k: v for k, v in runs["batched"].items() if k not in ("benchmark", "command", "timestamp", "machine")}
-    result["baseline_per_block"] = {k: runs["per_block"][k] for k in
-                                    ("step_seconds_median", "step_seconds_all", "tokens_per_s", "achieved_tflops",
-                                     "mfu_vs_h200_bf16_peak", "phase_seconds", "peak_gpu_mem_gb")}
-    result["speedup_vs_per_block"] = round(runs["per_block"]["step_seconds_median"]
-                                           / runs["batched"]["step_seconds_median"], 3)
+            runs[value] = json.loads(out.read_text())
+    result = {k: v for k, v in runs[candidate].items() if k not in ("benchmark", "command", "timestamp", "machine")}
+    result[f"baseline_{baseline}"] = {k: runs[baseline][k] for k in
+                                      ("step_seconds_median", "step_seconds_all", "tokens_per_s", "achieved_tflops",
+                                       "mfu_vs_h200_bf16_peak", "phase_seconds", "peak_gpu_mem_gb", "warmup_seconds")}
+    result[f"speedup_vs_{baseline}"] = round(runs[baseline]["step_seconds_median"]
+                                             / runs[candidate]["step_seconds_median"], 3)
     return result
 
 
@@ -352,13 +359,23 @@ def main(argv=None) -> int:
     ap.add_argument("--vision-attention", default="batched", choices=["batched", "per_block", "both"],
                     help="'both' measures per_block (baseline) then batched, each in its own process, "
                     "and reports the ratio")
+    ap.add_argument("--compile-blocks", default="off", choices=["off", "on", "both"],
+                    help="learner.compile_blocks; 'both' measures off (baseline) then on, each in its own process")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (compiles happen there)")
     ap.add_argument("--workdir", default=".cache/bench_learner")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(".cache/torch_extensions"))
-    result = compare_vision_attention(argv if argv is not None else sys.argv[1:]) \
-        if args.vision_attention == "both" else run(args)
+    argv = argv if argv is not None else sys.argv[1:]
+    if args.vision_attention == "both" and args.compile_blocks == "both":
+        ap.error("compare one setting at a time: --vision-attention both or --compile-blocks both")
+    if args.vision_attention == "both":
+        result = compare_settings(argv, "--vision-attention", "per_block", "batched")
+    elif args.compile_blocks == "both":
+        result = compare_settings(argv, "--compile-blocks", "off", "on")
+    else:
+        result = run(args)
     name = "learner_cuda" if args.device.startswith("cuda") else "learner_cpu"
     path = write_result(name, result, args.out)
     print(json.dumps({k: result[k] for k in ("tokens_per_s", "achieved_tflops", "mfu_vs_h200_bf16_peak",

@@ -272,6 +272,10 @@ class LearnerConfig(Section):
     zero_stage: Literal[1, 2, 3] = 2
     precision: Literal["fp32", "bf16"] = "bf16"
     gradient_checkpointing: bool = True
+    compile_blocks: bool = Field(
+        False, description="torch.compile each decoder layer and vision block of the trained policy "
+        "(learner.compile_blocks): fuses the element-wise work between matrix products; the first steps "
+        "pay the compile time")
     micro_batch_tokens: int = Field(16384, ge=64)
     num_ranks: int = Field(1, ge=1)
     freeze_vision: bool = False

@@ -140,6 +140,10 @@ class LearnerCore:
         self.reference = None
         if lc.kl_coef > 0 and lc.reference_policy == "frozen_copy":
             self.reference = reference_model(self.policy)
+        if lc.compile_blocks:  # after the reference copy, which stays eager
+            from learner.compile_blocks import compile_blocks
+
+            compile_blocks(self.policy.lm)
         processor = AutoProcessor.from_pretrained(str(self.policy_dir))
         self.image_processor = processor.image_processor
         self.image_pieces = ImagePieces(self.image_processor)

@@ -217,3 +217,35 @@ def test_rl_prompt_anchor_pulls_seg_tokens_to_the_teacher(world, tmp_path):
     torch.save({"vocabulary": words, "vectors": torch.zeros(len(words) + 1, 255)}, teacher)
     with pytest.raises(ValueError, match="projector writes"):
         _core(world, prompt_teacher=teacher, prompt_align_weight=1.0)
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [True, False])
+def test_compiled_blocks_train_like_eager(world, gradient_checkpointing):
+    # learner.compile_blocks must change speed only: the same scores (token log-probs, [SEG] states)
+    # and the same step (every loss term, the gradient norm) as the eager policy, with HF gradient
+    # checkpointing wrapped around the compiled blocks.
+    from learner.compile_blocks import repeated_blocks
+
+    trajs = world[2]
+    eager = _core(world, lr=1e-3, gradient_checkpointing=gradient_checkpointing)
+    compiled = _core(world, lr=1e-3, gradient_checkpointing=gradient_checkpointing, compile_blocks=True)
+    blocks = repeated_blocks(compiled.policy.lm)
+    lm_cfg = compiled.policy.lm.config
+    assert len(blocks) == lm_cfg.text_config.num_hidden_layers + lm_cfg.vision_config.depth
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    assert compiled.reference is not None
+    assert all(b._compiled_call_impl is None for b in repeated_blocks(compiled.reference))
+    torch._dynamo.reset()  # compile afresh, so the counter shows that this core's compiled blocks ran
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    scores = compiled.score(trajs)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before  # the compiled path ran
+    for want, got in zip(eager.score(trajs), scores):
+        np.testing.assert_allclose(got.old_logp, want.old_logp, rtol=1e-5, atol=1e-5)
+        for h_want, h_got in zip(want.seg_hidden, got.seg_hidden):
+            np.testing.assert_allclose(np.asarray(h_got), np.asarray(h_want), rtol=1e-4, atol=1e-5)
+    _, _, (items, totals) = _items(eager, world)
+    want, got = eager.train(items, totals), compiled.train(items, totals)
+    for k in ("loss_sum", "grad_norm", "pg_loss_sum", "aux_sum", "calib_sum", "kl_sum"):
+        assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+    # No _orig_mod prefixes: checkpoints and weight sync see the same names.
+    assert [n for n, _ in compiled.module.named_parameters()] == [n for n, _ in eager.module.named_parameters()]

@@ -1,0 +1,60 @@
+"""Regional torch.compile of the policy's repeated transformer blocks, for the learner.
+
+The H200 profile of a learner step (benchmarks/results/GPU_RUNS.md) is launch bound: between the
+matrix products sit thousands of small element-wise kernels (RMSNorm, rotary, SiLU gating, dtype
+casts), run again in the gradient-checkpoint recompute. Compiling each decoder layer and vision
+block fuses them. Compiling per block rather than the whole model keeps compile time to one graph
+per block class (the layers of a class share it), leaves the Python around the blocks (image
+splicing, [SEG] heads, the loss) eager, and keeps HF gradient checkpointing wrapped around each
+compiled block. Parameters and state-dict names do not change, so checkpoints and weight sync are
+unaffected. The rollout engines (vLLM) and the frozen reference copy are not compiled here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Class-name endings of the repeated blocks in the Qwen2-VL / Qwen2.5-VL / Qwen3-VL families.
+BLOCK_SUFFIXES = ("DecoderLayer", "VisionBlock")
+# Every block instance and shape variant is one cache entry of the same compiled code; the default
+# limit (8) would fall back to eager after a few, silently.
+RECOMPILE_LIMIT = 64
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers and vision blocks of `model`, outermost first; a block inside a block is
+    not listed (compiling the outer one covers it)."""
+    blocks: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        if type(module).__name__.endswith(BLOCK_SUFFIXES):
+            blocks.append(module)
+            inside.update(id(m) for m in module.modules())
+    return blocks
+
+
+def compile_blocks(model: nn.Module, dynamic: bool | None = None) -> int:
+    """Compile every repeated block of `model` in place (nn.Module.compile); returns how many.
+
+    Raises ValueError when the model has none, so a config asking for compilation never runs eager
+    without saying so."""
+    import torch._dynamo
+
+    blocks = repeated_blocks(model)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no module whose class name ends in {BLOCK_SUFFIXES}; "
+                         "set learner.compile_blocks=false")
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
+    for block in blocks:
+        block.compile(dynamic=dynamic)
+    kinds = sorted({type(b).__name__ for b in blocks})
+    log.info("compiled %d blocks (%s)", len(blocks), ", ".join(kinds))
+    return len(blocks)
