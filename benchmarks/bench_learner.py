@@ -200,6 +200,7 @@ def run(args) -> dict:
         f"learner.calibration={'false' if args.no_calibration else 'true'}",
         f"learner.micro_batch_tokens={args.micro_batch_tokens}", "learner.kl_coef=0.04",
         f"learner.compile_blocks={'true' if args.compile_blocks == 'on' else 'false'}",
+        f"learner.checkpoint_fraction={args.checkpoint_fraction}",
         "learner.reference_policy=none", "learner.lr=1e-6", f"model.vision_attention={args.vision_attention}",
     ]
     cfg = load_config("debug_cpu", overrides)
@@ -287,7 +288,8 @@ def run(args) -> dict:
                    "micro_batch_tokens": cfg.learner.micro_batch_tokens, "params": n_params,
                    "sam2": f"{sam_cfg}@{sam_size}", "distinct_frames": len(seen),
                    "frame_slots": sum(len(t.frames) for t in trajs),
-                   "vision_attention": cfg.model.vision_attention, "compile_blocks": cfg.learner.compile_blocks},
+                   "vision_attention": cfg.model.vision_attention, "compile_blocks": cfg.learner.compile_blocks,
+                   "checkpoint_fraction": cfg.learner.checkpoint_fraction},
         "warmup_steps": args.warmup, "warmup_seconds": round(warmup_s, 2),
         "step_seconds_median": round(step_s, 4),
         "step_seconds_all": [round(x, 4) for x in times],
@@ -361,6 +363,9 @@ def main(argv=None) -> int:
                     "and reports the ratio")
     ap.add_argument("--compile-blocks", default="off", choices=["off", "on", "both"],
                     help="learner.compile_blocks; 'both' measures off (baseline) then on, each in its own process")
+    ap.add_argument("--checkpoint-fraction", type=float, default=1.0,
+                    help="learner.checkpoint_fraction: blocks that recompute in the backward pass (the rest keep "
+                    "their activations)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (compiles happen there)")
     ap.add_argument("--workdir", default=".cache/bench_learner")
     ap.add_argument("--out", default=None)

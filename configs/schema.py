@@ -272,9 +272,13 @@ class LearnerConfig(Section):
     zero_stage: Literal[1, 2, 3] = 2
     precision: Literal["fp32", "bf16"] = "bf16"
     gradient_checkpointing: bool = True
+    checkpoint_fraction: float = Field(
+        1.0, ge=0, le=1, description="with gradient_checkpointing, the fraction of decoder layers and vision "
+        "blocks (evenly spaced) that recompute activations in the backward pass; the rest keep them, which "
+        "trades GPU memory for less recompute")
     compile_blocks: bool = Field(
         False, description="torch.compile each decoder layer and vision block of the trained policy "
-        "(learner.compile_blocks): fuses the element-wise work between matrix products; the first steps "
+        "(learner/blocks.py): fuses the element-wise work between matrix products; the first steps "
         "pay the compile time")
     micro_batch_tokens: int = Field(16384, ge=64)
     num_ranks: int = Field(1, ge=1)

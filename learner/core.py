@@ -135,13 +135,14 @@ class LearnerCore:
         lc = cfg.learner
         self.policy = build_policy(cfg.model, self.policy_dir, self.device, seed=cfg.run.seed,
                                    gradient_checkpointing=lc.gradient_checkpointing,
+                                   checkpoint_fraction=lc.checkpoint_fraction,
                                    freeze_vision=lc.freeze_vision,
                                    freeze_sam_decoder=lc.sam_decoder_lr_scale == 0)
         self.reference = None
         if lc.kl_coef > 0 and lc.reference_policy == "frozen_copy":
             self.reference = reference_model(self.policy)
         if lc.compile_blocks:  # after the reference copy, which stays eager
-            from learner.compile_blocks import compile_blocks
+            from learner.blocks import compile_blocks
 
             compile_blocks(self.policy.lm)
         processor = AutoProcessor.from_pretrained(str(self.policy_dir))

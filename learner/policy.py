@@ -160,7 +160,7 @@ def seg_token_id_of(policy_dir: str | Path) -> int:
 
 def build_policy(model_cfg, policy_dir: str | Path, device: str = "cpu", seed: int = 0,
                  gradient_checkpointing: bool = False, freeze_vision: bool = False,
-                 freeze_sam_decoder: bool = False) -> SegPolicy:
+                 freeze_sam_decoder: bool = False, checkpoint_fraction: float = 1.0) -> SegPolicy:
     """Load the HF policy from `policy_dir`, SAM2's prompt encoder and mask decoder from the SAM2
     checkpoint (or the shared random one), and the heads file in `policy_dir` when present."""
     from transformers import AutoModelForImageTextToText
@@ -192,6 +192,10 @@ def build_policy(model_cfg, policy_dir: str | Path, device: str = "cpu", seed: i
     if gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.config.use_cache = False
+        if checkpoint_fraction < 1.0:
+            from learner.blocks import checkpoint_fraction as set_fraction
+
+            log.info("gradient checkpointing kept on %d blocks", set_fraction(lm, checkpoint_fraction))
     if freeze_vision:
         for p in lm.model.visual.parameters():
             p.requires_grad_(False)

@@ -224,7 +224,7 @@ def test_compiled_blocks_train_like_eager(world, gradient_checkpointing):
     # learner.compile_blocks must change speed only: the same scores (token log-probs, [SEG] states)
     # and the same step (every loss term, the gradient norm) as the eager policy, with HF gradient
     # checkpointing wrapped around the compiled blocks.
-    from learner.compile_blocks import repeated_blocks
+    from learner.blocks import repeated_blocks
 
     trajs = world[2]
     eager = _core(world, lr=1e-3, gradient_checkpointing=gradient_checkpointing)
@@ -249,3 +249,19 @@ def test_compiled_blocks_train_like_eager(world, gradient_checkpointing):
         assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
     # No _orig_mod prefixes: checkpoints and weight sync see the same names.
     assert [n for n, _ in compiled.module.named_parameters()] == [n for n, _ in eager.module.named_parameters()]
+
+
+def test_partial_checkpointing_trains_like_full(world):
+    # learner.checkpoint_fraction trades memory for recompute only: the step matches the fully
+    # checkpointed one, with about half of each stack keeping its activations.
+    from learner.blocks import repeated_blocks
+
+    full = _core(world, lr=1e-3, gradient_checkpointing=True)
+    half = _core(world, lr=1e-3, gradient_checkpointing=True, checkpoint_fraction=0.5)
+    flags = [b.gradient_checkpointing for b in repeated_blocks(half.policy.lm)]
+    assert any(flags) and not all(flags)
+    assert all(b.gradient_checkpointing for b in repeated_blocks(full.policy.lm))
+    _, _, (items, totals) = _items(full, world)
+    want, got = full.train(items, totals), half.train(items, totals)
+    for k in ("loss_sum", "grad_norm", "pg_loss_sum", "aux_sum", "calib_sum", "kl_sum"):
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k

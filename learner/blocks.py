@@ -1,4 +1,7 @@
-"""Regional torch.compile of the policy's repeated transformer blocks, for the learner.
+"""What the learner does per repeated transformer block: compile it, and choose which blocks
+recompute their activations in the backward pass (gradient checkpointing).
+
+Compiling (learner.compile_blocks):
 
 The H200 profile of a learner step (benchmarks/results/GPU_RUNS.md) is launch bound: between the
 matrix products sit thousands of small element-wise kernels (RMSNorm, rotary, SiLU gating, dtype
@@ -8,6 +11,11 @@ per block class (the layers of a class share it), leaves the Python around the b
 splicing, [SEG] heads, the loss) eager, and keeps HF gradient checkpointing wrapped around each
 compiled block. Parameters and state-dict names do not change, so checkpoints and weight sync are
 unaffected. The rollout engines (vLLM) and the frozen reference copy are not compiled here.
+
+Checkpointing a fraction (learner.checkpoint_fraction): with every block checkpointed, the backward
+pass runs each block's forward again. Where GPU memory is left over, keeping the activations of
+some blocks skips their recompute; the kept ones are spread evenly through each stack so memory
+grows evenly with the fraction kept.
 """
 
 from __future__ import annotations
@@ -37,6 +45,27 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
             blocks.append(module)
             inside.update(id(m) for m in module.modules())
     return blocks
+
+
+def checkpoint_fraction(model: nn.Module, fraction: float) -> int:
+    """Leave gradient checkpointing on for about `fraction` of each stack of blocks (decoder layers,
+    vision blocks), evenly spaced, and off for the rest; returns how many stay checkpointed.
+    Call after the model's gradient_checkpointing_enable()."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"learner.checkpoint_fraction must be in [0, 1], got {fraction}")
+    stacks: dict[str, list[nn.Module]] = {}
+    for block in repeated_blocks(model):
+        stacks.setdefault(type(block).__name__, []).append(block)
+    kept = 0
+    for blocks in stacks.values():
+        for i, block in enumerate(blocks):
+            if not hasattr(block, "gradient_checkpointing"):
+                raise ValueError(f"{type(block).__name__} has no gradient_checkpointing switch (transformers "
+                                 "changed); leave learner.checkpoint_fraction at 1")
+            # Block i is checkpointed when the running count floor((i + 1) * fraction) steps up.
+            block.gradient_checkpointing = int((i + 1) * fraction) > int(i * fraction)
+            kept += block.gradient_checkpointing
+    return kept
 
 
 def compile_blocks(model: nn.Module, dynamic: bool | None = None) -> int:
