@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # Class-name endings of the repeated blocks in the Qwen2-VL / Qwen2.5-VL / Qwen3-VL families.
 BLOCK_SUFFIXES = ("DecoderLayer", "VisionBlock")
-# Every block instance and shape variant is one cache entry of the same compiled code; the default
-# limit (8) would fall back to eager after a few, silently.
+# All blocks run the same compiled code object (nn.Module._call_impl): each block class and shape
+# variant, and in torch versions that guard on the module object each block, is one cache entry of
+# it. Past the default limit (8) torch falls back to eager for the rest, silently.
 RECOMPILE_LIMIT = 64
 
 
