@@ -4,6 +4,7 @@
     python -m benchmarks.bench_learner --device cuda --shape qwen3-vl-2b --seqs 16 --seq-len 4096
     python -m benchmarks.bench_learner --quick --vision-attention both  # batched vs per-block attention
     python -m benchmarks.bench_learner --quick --compile-blocks both --warmup 2  # compiled blocks vs eager
+    python -m benchmarks.bench_learner --quick --head-chunk-tokens both  # whole vs chunked LM head
 
 What runs is the production path (`learner.core.LearnerCore.train`): DeepSpeed ZeRO-2, bf16 on GPU,
 gradient checkpointing, the policy-gradient term with truncated IS, k3 KL against reference
@@ -200,7 +201,7 @@ def run(args) -> dict:
         f"learner.calibration={'false' if args.no_calibration else 'true'}",
         f"learner.micro_batch_tokens={args.micro_batch_tokens}", "learner.kl_coef=0.04",
         f"learner.compile_blocks={'true' if args.compile_blocks == 'on' else 'false'}",
-        f"learner.checkpoint_fraction={args.checkpoint_fraction}",
+        f"learner.checkpoint_fraction={args.checkpoint_fraction}", f"learner.head_chunk_tokens={args.head_chunk_tokens}",
         "learner.reference_policy=none", "learner.lr=1e-6", f"model.vision_attention={args.vision_attention}",
     ]
     cfg = load_config("debug_cpu", overrides)
@@ -289,7 +290,8 @@ def run(args) -> dict:
                    "sam2": f"{sam_cfg}@{sam_size}", "distinct_frames": len(seen),
                    "frame_slots": sum(len(t.frames) for t in trajs),
                    "vision_attention": cfg.model.vision_attention, "compile_blocks": cfg.learner.compile_blocks,
-                   "checkpoint_fraction": cfg.learner.checkpoint_fraction},
+                   "checkpoint_fraction": cfg.learner.checkpoint_fraction,
+                   "head_chunk_tokens": cfg.learner.head_chunk_tokens},
         "warmup_steps": args.warmup, "warmup_seconds": round(warmup_s, 2),
         "step_seconds_median": round(step_s, 4),
         "step_seconds_all": [round(x, 4) for x in times],
@@ -366,6 +368,9 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-fraction", type=float, default=1.0,
                     help="learner.checkpoint_fraction: blocks that recompute in the backward pass (the rest keep "
                     "their activations)")
+    ap.add_argument("--head-chunk-tokens", default="4096",
+                    help="learner.head_chunk_tokens (0: the LM head on all scored tokens at once); 'both' "
+                    "measures 0 (baseline) then 4096, each in its own process")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (compiles happen there)")
     ap.add_argument("--workdir", default=".cache/bench_learner")
     ap.add_argument("--out", default=None)
@@ -373,9 +378,14 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(".cache/torch_extensions"))
     argv = argv if argv is not None else sys.argv[1:]
-    if args.vision_attention == "both" and args.compile_blocks == "both":
-        ap.error("compare one setting at a time: --vision-attention both or --compile-blocks both")
-    if args.vision_attention == "both":
+    compared = [args.vision_attention == "both", args.compile_blocks == "both", args.head_chunk_tokens == "both"]
+    if sum(compared) > 1:
+        ap.error("compare one setting at a time: --vision-attention, --compile-blocks or --head-chunk-tokens both")
+    if args.head_chunk_tokens != "both" and not args.head_chunk_tokens.isdigit():
+        ap.error(f"--head-chunk-tokens takes a count >= 0 or 'both', got {args.head_chunk_tokens!r}")
+    if args.head_chunk_tokens == "both":
+        result = compare_settings(argv, "--head-chunk-tokens", "0", "4096")
+    elif args.vision_attention == "both":
         result = compare_settings(argv, "--vision-attention", "per_block", "batched")
     elif args.compile_blocks == "both":
         result = compare_settings(argv, "--compile-blocks", "off", "on")

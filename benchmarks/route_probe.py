@@ -40,9 +40,9 @@ def route(cfg, policy: str, trajectories: str, steps: int, lr: float, lm_weight:
 
     from benchmarks.seg_probe import colour_of, nearest_centroid_loo
     from env.datasets import held_out_videos
-    from learner.core import assistant_token_logits
     from env.synthetic import COLORS
     from learner.sft import open_session
+    from learner.token_head import score_tokens
 
     session = open_session(cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": policy})}),
                            trajectories)
@@ -89,7 +89,8 @@ def route(cfg, policy: str, trajectories: str, steps: int, lr: float, lm_weight:
         picked = [train[i] for i in rng.choice(len(train), size=min(batch, len(train)), replace=False)]
         mb = core._collate([ex.traj for ex, _ in picked], list(range(len(picked))))
         h = core._hidden(module, mb)
-        nll = torch.nn.functional.cross_entropy(*assistant_token_logits(module, h, mb))
+        scored = score_tokens(module.lm.lm_head, h, mb.input_ids, mb.loss_mask.bool())
+        nll = -scored.logp.sum() / mb.loss_mask[:, 1:].sum().clamp(min=1)  # token mean
         last = last_seg_per_row(mb.seg_rows.tolist(), mb.seg_cols.tolist())
         rows = sorted(last)
         states = h[torch.tensor(rows, device=h.device), torch.tensor([last[r] for r in rows], device=h.device)]

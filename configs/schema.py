@@ -281,6 +281,10 @@ class LearnerConfig(Section):
         "(learner/blocks.py): fuses the element-wise work between matrix products; the first steps "
         "pay the compile time")
     micro_batch_tokens: int = Field(16384, ge=64)
+    head_chunk_tokens: int = Field(
+        4096, ge=0, description="scored positions that go through the LM head at once (learner/token_head.py); "
+        "each chunk's vocabulary logits are recomputed in the backward pass instead of kept. 0: all at once, "
+        "kept (float32 logits of every assistant token: tens of GiB for a 2B model at 64k tokens)")
     num_ranks: int = Field(1, ge=1)
     freeze_vision: bool = False
     prompt_teacher: Path | None = Field(

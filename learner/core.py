@@ -27,6 +27,7 @@ from learner.batching import ImagePieces, MicroBatch, collate, plan_micro_batche
 from learner.losses import (LossConfig, LossInputs, bce_dice_loss, decoder_score_loss, grpo_loss, mask_log_likelihood,
                             prompt_align_sum)
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
+from learner.token_head import score_tokens
 from rollout.trajectory import Trajectory
 from segmentation.language_decode import HIGH_RES_S0, HIGH_RES_S1, IMAGE_EMBED
 
@@ -108,15 +109,6 @@ def _scatter_masked(values: list[float], mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def assistant_token_logits(module, hidden: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, V) float32, labels (N,)) of every assistant token (loss mask 1) after the first
-    position, each predicted from the hidden state before it: the supervised language loss's inputs."""
-    sel = mb.loss_mask.bool().clone()
-    sel[:, 0] = False
-    b, t = sel.nonzero(as_tuple=True)
-    return module.lm.lm_head(hidden[b, t - 1]).float(), mb.input_ids[b, t]
-
-
 class LearnerCore:
     def __init__(self, cfg: Config, policy_dir: str | Path, rank: int = 0, world_size: int = 1,
                  device: str | None = None, frame_fetcher: FrameFetcher | None = None,
@@ -138,6 +130,7 @@ class LearnerCore:
                                    checkpoint_fraction=lc.checkpoint_fraction,
                                    freeze_vision=lc.freeze_vision,
                                    freeze_sam_decoder=lc.sam_decoder_lr_scale == 0)
+        self.policy.head_chunk_tokens = lc.head_chunk_tokens
         self.reference = None
         if lc.kl_coef > 0 and lc.reference_policy == "frozen_copy":
             self.reference = reference_model(self.policy)
@@ -268,12 +261,7 @@ class LearnerCore:
                                         use_cache=False, **mm).last_hidden_state
 
     def _ref_logprobs(self, hidden, ids, sel):
-        sel = sel.clone()
-        sel[:, 0] = False
-        b, t = sel.nonzero(as_tuple=True)
-        logits = self.reference.lm_head(hidden[b, t - 1]).float()
-        picked = torch.log_softmax(logits, -1).gather(-1, ids[b, t][:, None]).squeeze(-1)
-        return torch.zeros(sel.shape, device=hidden.device).index_put((b, t), picked)
+        return score_tokens(self.reference.lm_head, hidden, ids, sel, self.cfg.learner.head_chunk_tokens).logp
 
     # --------------------------------------------------------------------------- train
     def _features(self, item: TrainItem, key: str) -> dict:
@@ -460,8 +448,9 @@ class LearnerCore:
         for g, index in enumerate(groups):
             mb = self._collate(trajs, index)
             hidden = self._hidden(module, mb)
-            logits, labels = assistant_token_logits(module, hidden, mb)
-            nll = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+            scored = score_tokens(module.lm.lm_head, hidden, mb.input_ids, mb.loss_mask.bool(),
+                                  module.head_chunk_tokens, with_top1=True)
+            nll = -scored.logp.sum()
             loss = lm_weight * nll / n_tokens
             keys, rows, gts = [], [], []
             for k, (ti, turn) in enumerate(mb.seg_turns):
@@ -493,8 +482,8 @@ class LearnerCore:
             sums["mask_loss"] += float(mask_sum.detach()) / n_masks
             sums["score_loss"] += float(score_sum.detach()) / n_masks
             sums["align_loss"] += float(align_sum.detach()) / n_segs
-            sums["correct"] += float((logits.argmax(-1) == labels).sum())
-            sums["tokens"] += float(len(labels))
+            sums["correct"] += float(scored.top1.sum())
+            sums["tokens"] += float(mb.loss_mask[:, 1:].sum())
             sums["masks"] += float(len(keys))
         self.engine.step()
         self.updates += 1

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from learner.token_head import score_tokens
 from segmentation.language_decode import language_decode
 from segmentation.reward_pool import WEIGHT_PREFIXES
 from segmentation.seg_head import SegProjector, build_projector
@@ -65,6 +66,8 @@ def mm_token_types(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor
 
 
 class SegPolicy(nn.Module):
+    head_chunk_tokens = 0  # LearnerCore sets learner.head_chunk_tokens
+
     def __init__(self, lm: nn.Module, projector: SegProjector, sam_prompt_encoder: nn.Module,
                  sam_mask_decoder: nn.Module, seg_token_id: int):
         super().__init__()
@@ -97,22 +100,12 @@ class SegPolicy(nn.Module):
     def selected_logprobs(self, hidden: torch.Tensor, input_ids: torch.Tensor, select: torch.Tensor,
                           with_entropy: bool = False):
         """Log-probs of ids[b, t] for the (b, t) where `select` is true, computed from hidden[b, t-1]
-        only at those positions: the full (B, T, V) logits of a 150k-token vocabulary never exist.
+        only at those positions, `head_chunk_tokens` at a time (learner/token_head.py).
 
         Returns (B, T) log-probs (0 elsewhere) and, optionally, (B, T) entropies."""
-        select = select.clone()
-        select[:, 0] = False
-        b, t = select.nonzero(as_tuple=True)
-        logits = self.lm.lm_head(hidden[b, t - 1]).float()
-        logp_all = torch.log_softmax(logits, dim=-1)
-        picked = logp_all.gather(-1, input_ids[b, t][:, None]).squeeze(-1)
-        out = torch.zeros(select.shape, dtype=torch.float32, device=hidden.device)
-        out = out.index_put((b, t), picked)
-        ent = None
-        if with_entropy:
-            e = -(logp_all.exp() * logp_all).sum(-1)
-            ent = torch.zeros_like(out).index_put((b, t), e.detach())
-        return out, ent
+        scores = score_tokens(self.lm.lm_head, hidden, input_ids, select, self.head_chunk_tokens,
+                              with_entropy=with_entropy)
+        return scores.logp, scores.entropy
 
     def seg_embeddings(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return self.projector(hidden[rows, cols]).float()

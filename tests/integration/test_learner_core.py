@@ -265,3 +265,25 @@ def test_partial_checkpointing_trains_like_full(world):
     want, got = full.train(items, totals), half.train(items, totals)
     for k in ("loss_sum", "grad_norm", "pg_loss_sum", "aux_sum", "calib_sum", "kl_sum"):
         assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k
+
+
+def test_chunked_lm_head_scores_and_trains_like_the_whole_head(world):
+    # learner.head_chunk_tokens trades memory for one more head pass only: scores, the RL step (with
+    # its entropy statistic) and the SFT step match the head evaluated on all tokens at once.
+    trajs = world[2]
+    whole = _core(world, lr=1e-3, head_chunk_tokens=0)
+    chunked = _core(world, lr=1e-3, head_chunk_tokens=5)
+    assert chunked.module.head_chunk_tokens == 5
+    for want, got in zip(whole.score(trajs), chunked.score(trajs)):
+        np.testing.assert_allclose(got.old_logp, want.old_logp, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.ref_logp, want.ref_logp, rtol=1e-5, atol=1e-6)
+    _, _, (items, totals) = _items(whole, world)
+    want, got = whole.train(items, totals), chunked.train(items, totals)
+    for k in ("loss_sum", "grad_norm", "pg_loss_sum", "kl_sum", "entropy_sum"):
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k
+    no_masks = [[[] for _ in t.turns] for t in trajs]
+    want = whole.sft_step(trajs, no_masks, {}, mask_weight=0.0)
+    got = chunked.sft_step(trajs, no_masks, {}, mask_weight=0.0)
+    assert want["tokens"] == got["tokens"] == sum(t.num_generated for t in trajs)
+    for k in ("lm_loss", "token_accuracy", "grad_norm"):
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k
