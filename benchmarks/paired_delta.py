@@ -202,8 +202,8 @@ def paired_delta(reports: dict[str, dict], seeds: list[int], seed: int = 0) -> d
     pooled = _summary(pooled_rows)
     pooled["jf_delta_ci95"] = _interval(jf_groups, rng)
     pooled["reward_delta_ci95"] = _interval(reward_groups, rng)
-    pooled["videos"] = len({r["video"] for r in pooled_rows})
     sums, counts = seed_video_table(rows_by_seed)
+    pooled["videos"] = sums.shape[1]
     pooled["jf_delta_ci95_by_video"] = _interval_by_video(sums, counts, rng)
     pooled["jf_delta_ci95_over_seeds"] = t_interval([v["jf_delta"] for v in per_seed.values()])
     # Drawn last, so the intervals above reproduce the draws of reports written before it existed.
