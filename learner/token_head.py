@@ -6,10 +6,10 @@ backward pass) and the entropy's temporaries, each N x 152k x 4 bytes. In the H2
 (Qwen3-VL-2B shapes, 64k-token micro-batches, some blocks not checkpointed) the step ran out of
 memory in the entropy, asking for 12.3 GiB more.
 
-Here the positions go through the head in chunks of `chunk_tokens`. With gradients on, each chunk
-runs under non-reentrant activation checkpointing, so only its (chunk, H) hidden rows are kept and
-the chunk's logits are recomputed in the backward pass (one more head matmul over the scored tokens,
-a few percent of a step). `chunk_tokens=0` evaluates all positions at once without checkpointing.
+Here the positions go through the head in chunks of `chunk_tokens`. With gradients on and more
+than one chunk, each chunk runs under non-reentrant activation checkpointing, so only its (chunk, H)
+hidden rows are kept and the chunk's logits are recomputed in the backward pass (one more head
+matmul over the scored tokens). `chunk_tokens=0` evaluates all positions at once, kept.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def score_tokens(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
     rows, targets = hidden[b, t - 1], input_ids[b, t]
     n = rows.shape[0]
     step = chunk_tokens if chunk_tokens > 0 else max(n, 1)
-    recompute = chunk_tokens > 0 and torch.is_grad_enabled() and rows.requires_grad
+    # One chunk's worth is kept as is: at most chunk x V floats, and no second head pass.
+    recompute = 0 < chunk_tokens < n and torch.is_grad_enabled() and rows.requires_grad
     parts = []
     for start in range(0, n, step) or [0]:  # an empty selection still yields a graph (zero gradient)
         args = (head, rows[start:start + step], targets[start:start + step], with_entropy, with_top1)

@@ -83,6 +83,15 @@ def test_chunks_keep_no_vocabulary_sized_tensor_and_recompute_in_backward():
     assert biggest_chunk < V * 4  # only hidden rows and ids are kept: nothing of vocabulary size
 
 
+def test_a_single_chunk_is_not_recomputed():
+    head, hidden, ids, select = _inputs(1)
+    n_scored = int(select[:, 1:].sum())
+    calls = []
+    head.register_forward_hook(lambda *a: calls.append(1))
+    score_tokens(head, hidden, ids, select, chunk_tokens=n_scored).logp.sum().backward()
+    assert len(calls) == 1
+
+
 def test_no_recompute_without_gradients_and_empty_selection():
     head, hidden, ids, select = _inputs()
     calls = []
