@@ -56,7 +56,7 @@ def score_tokens(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
     n = rows.shape[0]
     step = chunk_tokens if chunk_tokens > 0 else max(n, 1)
     # One chunk's worth is kept as is: at most chunk x V floats, and no second head pass.
-    recompute = 0 < chunk_tokens < n and torch.is_grad_enabled() and rows.requires_grad
+    recompute = 0 < chunk_tokens < n and torch.is_grad_enabled()
     parts = []
     for start in range(0, n, step) or [0]:  # an empty selection still yields a graph (zero gradient)
         args = (head, rows[start:start + step], targets[start:start + step], with_entropy, with_top1)
