@@ -27,7 +27,7 @@ from learner.batching import ImagePieces, MicroBatch, collate, plan_micro_batche
 from learner.losses import (LossConfig, LossInputs, bce_dice_loss, decoder_score_loss, grpo_loss, mask_log_likelihood,
                             prompt_align_sum)
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
-from learner.token_head import score_tokens
+from learner.token_head import TokenScores, score_tokens
 from rollout.trajectory import Trajectory
 from segmentation.language_decode import HIGH_RES_S0, HIGH_RES_S1, IMAGE_EMBED
 
@@ -130,7 +130,6 @@ class LearnerCore:
                                    checkpoint_fraction=lc.checkpoint_fraction,
                                    freeze_vision=lc.freeze_vision,
                                    freeze_sam_decoder=lc.sam_decoder_lr_scale == 0)
-        self.policy.head_chunk_tokens = lc.head_chunk_tokens
         self.reference = None
         if lc.kl_coef > 0 and lc.reference_policy == "frozen_copy":
             self.reference = reference_model(self.policy)
@@ -225,17 +224,17 @@ class LearnerCore:
         for index in self._micro_batches(trajs):
             mb = self._collate(trajs, index)
             hidden = self._hidden(module, mb)
-            sel = mb.loss_mask.bool()
-            old, _ = module.selected_logprobs(hidden, mb.input_ids, sel)
+            old = self._token_scores(module.lm.lm_head, hidden, mb).logp
             ref = None
             if self.reference is not None:
                 with self._autocast():
                     rh = self._reference_hidden(mb)
-                ref = self._ref_logprobs(rh, mb.input_ids, sel)
+                ref = self._token_scores(self.reference.lm_head, rh, mb).logp
             seg = hidden[mb.seg_rows, mb.seg_cols].float().cpu().numpy() if len(mb.seg_rows) else None
             per_traj_seg: dict[int, dict[int, np.ndarray]] = {}
             for k, (ti, turn) in enumerate(mb.seg_turns):
                 per_traj_seg.setdefault(ti, {})[turn] = seg[k]
+            sel = mb.loss_mask.bool()
             for r, ti in enumerate(index):
                 m = sel[r]
                 t = trajs[ti]
@@ -260,8 +259,11 @@ class LearnerCore:
             return self.reference.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                                         use_cache=False, **mm).last_hidden_state
 
-    def _ref_logprobs(self, hidden, ids, sel):
-        return score_tokens(self.reference.lm_head, hidden, ids, sel, self.cfg.learner.head_chunk_tokens).logp
+    def _token_scores(self, head, hidden: torch.Tensor, mb: MicroBatch, **wanted) -> TokenScores:
+        """The micro-batch's assistant tokens (loss mask 1) scored through `head`, in chunks of
+        learner.head_chunk_tokens (learner/token_head.py); `wanted`: with_entropy, with_top1."""
+        return score_tokens(head, hidden, mb.input_ids, mb.loss_mask.bool(), self.cfg.learner.head_chunk_tokens,
+                            **wanted)
 
     # --------------------------------------------------------------------------- train
     def _features(self, item: TrainItem, key: str) -> dict:
@@ -381,8 +383,8 @@ class LearnerCore:
             mb = self._collate(trajs, index)
             clock.lap("t_collate")
             hidden = self._hidden(module, mb)
-            sel = mb.loss_mask.bool()
-            logp, ent = module.selected_logprobs(hidden, mb.input_ids, sel, with_entropy=True)
+            scored = self._token_scores(module.lm.lm_head, hidden, mb, with_entropy=True)
+            logp, ent = scored.logp, scored.entropy
             clock.lap("t_forward")
             sub = [items[i] for i in index]
             old = torch.stack([_scatter_masked(it.old_logp, mb.loss_mask[r].cpu()) for r, it in enumerate(sub)]).to(self.device)
@@ -448,8 +450,7 @@ class LearnerCore:
         for g, index in enumerate(groups):
             mb = self._collate(trajs, index)
             hidden = self._hidden(module, mb)
-            scored = score_tokens(module.lm.lm_head, hidden, mb.input_ids, mb.loss_mask.bool(),
-                                  module.head_chunk_tokens, with_top1=True)
+            scored = self._token_scores(module.lm.lm_head, hidden, mb, with_top1=True)
             nll = -scored.logp.sum()
             loss = lm_weight * nll / n_tokens
             keys, rows, gts = [], [], []

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from learner.token_head import score_tokens
 from segmentation.language_decode import language_decode
 from segmentation.reward_pool import WEIGHT_PREFIXES
 from segmentation.seg_head import SegProjector, build_projector
@@ -66,8 +65,6 @@ def mm_token_types(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor
 
 
 class SegPolicy(nn.Module):
-    head_chunk_tokens = 0  # LearnerCore sets learner.head_chunk_tokens
-
     def __init__(self, lm: nn.Module, projector: SegProjector, sam_prompt_encoder: nn.Module,
                  sam_mask_decoder: nn.Module, seg_token_id: int):
         super().__init__()
@@ -96,16 +93,6 @@ class SegPolicy(nn.Module):
                       "mm_token_type_ids": mm_token_types(input_ids, self.lm.config.image_token_id)}
         out = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return out.last_hidden_state
-
-    def selected_logprobs(self, hidden: torch.Tensor, input_ids: torch.Tensor, select: torch.Tensor,
-                          with_entropy: bool = False):
-        """Log-probs of ids[b, t] for the (b, t) where `select` is true, computed from hidden[b, t-1]
-        only at those positions, `head_chunk_tokens` at a time (learner/token_head.py).
-
-        Returns (B, T) log-probs (0 elsewhere) and, optionally, (B, T) entropies."""
-        scores = score_tokens(self.lm.lm_head, hidden, input_ids, select, self.head_chunk_tokens,
-                              with_entropy=with_entropy)
-        return scores.logp, scores.entropy
 
     def seg_embeddings(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return self.projector(hidden[rows, cols]).float()

@@ -273,7 +273,7 @@ def test_chunked_lm_head_scores_and_trains_like_the_whole_head(world):
     trajs = world[2]
     whole = _core(world, lr=1e-3, head_chunk_tokens=0)
     chunked = _core(world, lr=1e-3, head_chunk_tokens=5)
-    assert chunked.module.head_chunk_tokens == 5
+    assert chunked.cfg.learner.head_chunk_tokens == 5
     for want, got in zip(whole.score(trajs), chunked.score(trajs)):
         np.testing.assert_allclose(got.old_logp, want.old_logp, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got.ref_logp, want.ref_logp, rtol=1e-5, atol=1e-6)
