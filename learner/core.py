@@ -24,8 +24,8 @@ import torch
 
 from configs.schema import Config
 from learner.batching import ImagePieces, MicroBatch, collate, plan_micro_batches
-from learner.losses import (LossConfig, LossInputs, bce_dice_loss, decoder_score_loss, grpo_loss, mask_log_likelihood,
-                            prompt_align_sum)
+from learner.losses import (LossConfig, LossInputs, bce_dice_loss, by_target_shape, decoder_score_loss, grpo_loss,
+                            mask_log_likelihood, prompt_align_sum)
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
 from learner.token_head import TokenScores, score_tokens
 from rollout.trajectory import Trajectory
@@ -292,7 +292,7 @@ class LearnerCore:
         module = self.module
         embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)  # (S, 256)
         calib = None
-        jobs_feat, jobs_embed, jobs_target, calib_slots, aux_flags = [], [], [], [], []
+        jobs_feat, jobs_embed, jobs_target, calib_slots = [], [], [], []
         for k, (ti, turn) in enumerate(mb.seg_turns):
             item = items[ti]
             if item.score is None:
@@ -302,9 +302,8 @@ class LearnerCore:
             if lc.calibration:
                 jobs_feat.append(kf_key)
                 jobs_embed.append(k)
-                jobs_target.append(("calib", torch.as_tensor(ts.keyframe_mask)))
+                jobs_target.append(("calib", ts.keyframe_mask))
                 calib_slots.append(k)
-                aux_flags.append(False)
             if lc.aux_mask_weight > 0 and self.gt_fetcher is not None:
                 frames = [ts.keyframe] + list(item.score.sampled_frames)
                 keys = [kf_key] + list(item.score.sampled_features)
@@ -312,8 +311,7 @@ class LearnerCore:
                 for key, gt in zip(keys, gts):
                     jobs_feat.append(key)
                     jobs_embed.append(k)
-                    jobs_target.append(("aux", torch.as_tensor(gt)))
-                    aux_flags.append(True)
+                    jobs_target.append(("aux", gt))
         if not jobs_feat:
             return None, None, 0
         # Decode every (embedding, frame) pair in one batch; features of a frame are loaded once.
@@ -324,20 +322,19 @@ class LearnerCore:
         idx = torch.tensor([uniq[key] for key in jobs_feat], device=self.device)
         out = self._decode_indexed(module, embeds[torch.tensor(jobs_embed, device=self.device)], loaded, idx)
         logits = out.low_res_logits[:, 0].float()
-        calib_rows, aux_losses = [], []
-        for j, (kind, target) in enumerate(jobs_target):
-            target = target.to(self.device)
-            if kind == "calib":
-                calib_rows.append(mask_log_likelihood(logits[j:j + 1], target[None], lc.calibration_size)[0])
-            else:
-                mask, score = self._supervised_mask_loss(out, j, target)
-                aux_losses.append((mask + score)[0])
-        if calib_rows:
+        calib_jobs = [j for j, (kind, _) in enumerate(jobs_target) if kind == "calib"]
+        aux_jobs = [j for j, (kind, _) in enumerate(jobs_target) if kind == "aux"]
+        if calib_jobs:
+            values = by_target_shape(lambda r, t: mask_log_likelihood(logits[r], t, lc.calibration_size),
+                                   calib_jobs, [jobs_target[j][1] for j in calib_jobs], self.device)
             slots = torch.tensor(calib_slots, device=self.device)
             calib = torch.zeros(mb.loss_mask.shape, device=self.device, dtype=torch.float32)
-            calib = calib.index_put((mb.seg_rows[slots], mb.seg_cols[slots]), torch.stack(calib_rows))
-        aux = torch.stack(aux_losses) if aux_losses else None
-        return calib, aux, len(aux_losses)
+            calib = calib.index_put((mb.seg_rows[slots], mb.seg_cols[slots]), values)
+        aux = None
+        if aux_jobs:
+            aux = by_target_shape(lambda r, t: torch.add(*self._supervised_mask_loss(out, r, t)),
+                                  aux_jobs, [jobs_target[j][1] for j in aux_jobs], self.device)
+        return calib, aux, len(aux_jobs)
 
     def set_prompt_pool(self, expressions: list[str]) -> float:
         """Fix the prompt anchor's normaliser from the training expressions; returns the teacher's
@@ -471,11 +468,9 @@ class LearnerCore:
             if keys and mask_weight > 0:
                 embeds = all_embeds[torch.tensor(rows, device=self.device)]
                 out = self._decode_on_frames(embeds, keys, features)
-                for j, gt in enumerate(gts):
-                    target = torch.as_tensor(np.asarray(gt, dtype=np.float32), device=self.device)
-                    mask, score = self._supervised_mask_loss(out, j, target)
-                    mask_sum = mask_sum + mask[0]
-                    score_sum = score_sum + score[0]
+                per_mask = by_target_shape(lambda r, t: torch.stack(self._supervised_mask_loss(out, r, t), -1),
+                                           list(range(len(gts))), [np.asarray(gt) for gt in gts], self.device)
+                mask_sum, score_sum = per_mask.sum(0).unbind()
                 loss = loss + mask_weight * (mask_sum + score_sum) / n_masks
             self.engine.set_gradient_accumulation_boundary(g == len(groups) - 1)
             self.engine.backward(loss)
@@ -494,15 +489,15 @@ class LearnerCore:
                 "masks": sums["masks"], "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                 "lr": float(self.scheduler.get_last_lr()[0])}
 
-    def _supervised_mask_loss(self, out, j: int, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(BCE + Dice, weighted decoder-score loss) of decode row j against a ground-truth mask;
-        both (1,), to be added."""
-        mask = bce_dice_loss(out.low_res_logits[j:j + 1, 0].float(), target[None])
+    def _supervised_mask_loss(self, out, rows: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(BCE + Dice, weighted decoder-score loss) of decode rows `rows` (n,) against ground-truth
+        masks (n, H, W); both (n,), to be added."""
+        mask = bce_dice_loss(out.low_res_logits[rows, 0].float(), target)
         weight = self.cfg.learner.score_head_weight
         if weight == 0:
             return mask, torch.zeros_like(mask)
-        score = weight * decoder_score_loss(out.all_logits[j:j + 1], out.all_ious[j:j + 1],
-                                            out.object_score_logits[j:j + 1], target[None])
+        score = weight * decoder_score_loss(out.all_logits[rows], out.all_ious[rows],
+                                            out.object_score_logits[rows], target)
         return mask, score
 
     def _decode_on_frames(self, embeds: torch.Tensor, keys: list[str], features: dict[str, dict]):

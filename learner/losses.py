@@ -117,6 +117,38 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, num_sequen
 
 
 # ------------------------------------------------------------------------ masks (calibration)
+def by_target_shape(loss_fn, rows: list[int], targets: list, device, max_group: int = 64) -> torch.Tensor:
+    """loss_fn(rows, targets) -> (n, ...) applied to groups of same-shape targets; results in the
+    order of `rows`.
+
+    The per-[SEG] mask losses run once per group instead of once per mask (hundreds of small
+    kernels and host-to-device copies per micro-batch otherwise). `targets` are arrays or tensors
+    of (H, W), possibly of different sizes (videos differ); each group is stacked on the host and
+    copied once. `rows` (ints) pass through to `loss_fn` as a LongTensor on `device`. Groups hold
+    at most `max_group` masks, which bounds the full-resolution float copies the losses make."""
+    if len(rows) != len(targets):
+        raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
+    if not rows:
+        raise ValueError("by_target_shape needs at least one target")
+    groups: dict[tuple, list[int]] = {}
+    for pos, target in enumerate(targets):
+        groups.setdefault(tuple(target.shape), []).append(pos)
+    parts, order = [], []
+    for positions in groups.values():
+        for start in range(0, len(positions), max_group):
+            chunk = positions[start:start + max_group]
+            stacked = torch.stack([torch.as_tensor(targets[p]) for p in chunk]).to(device)
+            index = torch.tensor([rows[p] for p in chunk], device=device)
+            parts.append(loss_fn(index, stacked))
+            order += chunk
+    values = torch.cat(parts)
+    if order == sorted(order):
+        return values
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return values[inverse.to(values.device)]
+
+
 def _resize_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 

@@ -2,10 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from learner.losses import (LossConfig, LossInputs, aggregate, bce_dice_loss, decoder_score_loss, group_advantages, grpo_loss,
+from learner.losses import (LossConfig, LossInputs, aggregate, bce_dice_loss, by_target_shape, decoder_score_loss,
+                            group_advantages, grpo_loss,
                             kl_estimate, mask_log_likelihood, ppo_clip_loss, token_logprobs,
                             truncated_is_weights, zero_variance_groups)
 
@@ -181,3 +183,48 @@ def test_aux_loss_weighting():
     loss, _ = grpo_loss(x, LossConfig(kl_coef=0.0, aux_weight=0.2), 1, 2, 4, num_aux=4)
     base, _ = grpo_loss(_inputs(), LossConfig(kl_coef=0.0, aux_weight=0.2), 1, 2, 4, num_aux=4)
     assert loss.item() == pytest.approx(base.item() + 0.2 * 4.0 / 4)
+
+
+def _mixed_shape_targets(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    shapes = [(24, 40), (30, 18), (24, 40), (30, 18), (24, 40), (12, 12), (24, 40)]
+    return [rng.random(s) > 0.6 for s in shapes]
+
+
+def test_by_target_shape_matches_one_mask_at_a_time_in_values_and_gradients():
+    targets = _mixed_shape_targets()
+    rows = [3, 0, 5, 1, 6, 2, 4]  # decode row of each target, deliberately out of order
+    logits_a = torch.randn(7, 16, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    logits_b = logits_a.detach().clone().requires_grad_(True)
+    one_by_one = torch.stack([bce_dice_loss(logits_a[r:r + 1], torch.as_tensor(t)[None])[0]
+                              for r, t in zip(rows, targets)])
+    grouped = by_target_shape(lambda r, t: bce_dice_loss(logits_b[r], t), rows, targets, "cpu", max_group=2)
+    assert grouped.shape == (7,)
+    assert torch.allclose(grouped, one_by_one, atol=1e-6)
+    (one_by_one * torch.arange(1.0, 8.0)).sum().backward()
+    (grouped * torch.arange(1.0, 8.0)).sum().backward()  # position weights catch any reordering
+    assert torch.allclose(logits_b.grad, logits_a.grad, atol=1e-6)
+
+
+def test_by_target_shape_calls_once_per_shape_group_and_keeps_trailing_dims():
+    targets = _mixed_shape_targets()
+    calls = []
+
+    def loss_fn(r, t):
+        calls.append((tuple(t.shape), r.tolist()))
+        return torch.stack([r.float(), t.flatten(1).float().sum(-1)], -1)
+
+    out = by_target_shape(loss_fn, list(range(7)), targets, "cpu")
+    assert [c[0] for c in calls] == [(4, 24, 40), (2, 30, 18), (1, 12, 12)]
+    assert out.shape == (7, 2)
+    assert out[:, 0].tolist() == list(range(7))
+    assert out[:, 1].tolist() == [float(t.sum()) for t in targets]
+    by_target_shape(loss_fn, list(range(7)), targets, "cpu", max_group=3)
+    assert [c[0] for c in calls[3:]] == [(3, 24, 40), (1, 24, 40), (2, 30, 18), (1, 12, 12)]
+
+
+def test_by_target_shape_refuses_mismatched_or_empty_input():
+    with pytest.raises(ValueError, match="2 rows but 1 targets"):
+        by_target_shape(lambda r, t: r, [0, 1], [np.zeros((2, 2))], "cpu")
+    with pytest.raises(ValueError, match="at least one"):
+        by_target_shape(lambda r, t: r, [], [], "cpu")
