@@ -272,9 +272,20 @@ def run(args) -> dict:
             core.train(items, totals)
             sync()
         key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
-        table = prof.key_averages().table(sort_by=key, row_limit=40)
-        (Path(args.out).with_suffix(".profile.txt") if args.out else Path("learner_profile.txt")).write_text(table)
+        averages = prof.key_averages()
+        table = averages.table(sort_by=key, row_limit=40)
+        # The CPU-sorted table shows what keeps the GPU waiting when the step is launch bound.
+        cpu_table = averages.table(sort_by="self_cpu_time_total", row_limit=40) if gpu else ""
+        (Path(args.out).with_suffix(".profile.txt") if args.out else Path("learner_profile.txt")).write_text(
+            table + ("\n\nSorted by self CPU time:\n" + cpu_table if cpu_table else ""))
         profile = table.splitlines()[:45]
+    syncs = None
+    if args.sync_report:
+        from benchmarks.sync_sites import count_sync_sites
+
+        syncs = count_sync_sites(lambda: core.train(items, totals))
+        if args.out:
+            Path(args.out).with_suffix(".syncs.json").write_text(json.dumps(syncs, indent=1))
     step_s = float(np.median(times))
     tokens = sum(len(t.token_ids) for t in trajs)
     achieved = flops / step_s
@@ -305,6 +316,7 @@ def run(args) -> dict:
         "last_step_stats": {k: round(v, 5) for k, v in stats.items()},
         "phase_seconds": {k: round(v, 3) for k, v in stats.items() if k.startswith("t_")},
         "profile_top": profile,
+        "host_syncs_per_step": syncs["total"] if syncs else None,
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -359,6 +371,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-calibration", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="bf16 on CPU too (checks the mixed-precision path)")
     ap.add_argument("--profile", action="store_true", help="also profile one step (torch.profiler table)")
+    ap.add_argument("--sync-report", action="store_true",
+                    help="CUDA: also run one step under sync debugging and count host syncs by call site")
     ap.add_argument("--no-gc", action="store_true", help="no gradient checkpointing (more memory, no recompute)")
     ap.add_argument("--vision-attention", default="batched", choices=["batched", "per_block", "both"],
                     help="'both' measures per_block (baseline) then batched, each in its own process, "
@@ -381,6 +395,8 @@ def main(argv=None) -> int:
     compared = [args.vision_attention == "both", args.compile_blocks == "both", args.head_chunk_tokens == "both"]
     if sum(compared) > 1:
         ap.error("compare one setting at a time: --vision-attention, --compile-blocks or --head-chunk-tokens both")
+    if args.sync_report and not args.device.startswith("cuda"):
+        ap.error("--sync-report counts CUDA host syncs; it needs --device cuda")
     if args.head_chunk_tokens != "both" and not args.head_chunk_tokens.isdigit():
         ap.error(f"--head-chunk-tokens takes a count >= 0 or 'both', got {args.head_chunk_tokens!r}")
     if args.head_chunk_tokens == "both":

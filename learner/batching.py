@@ -24,12 +24,14 @@ class MicroBatch:
     seg_turns: list[tuple[int, int]]  # (trajectory index in caller's list, turn index) per [SEG]
     image_index: torch.Tensor | None = None  # (n_images,) row of each image among the distinct ones
     unique_grid: torch.Tensor | None = None  # (n_distinct, 3) grids of the distinct images
+    position_ids: torch.Tensor | None = None  # (3, B, T) multimodal RoPE positions (SegPolicy.rope_position_ids)
 
     def to(self, device) -> "MicroBatch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return MicroBatch(self.index, *(move(getattr(self, f)) for f in (
             "input_ids", "attention_mask", "loss_mask", "behaviour_logp", "pixel_values", "image_grid_thw",
-            "seg_rows", "seg_cols")), self.seg_turns, move(self.image_index), move(self.unique_grid))
+            "seg_rows", "seg_cols")), self.seg_turns, move(self.image_index), move(self.unique_grid),
+            move(self.position_ids))
 
 
 def plan_micro_batches(lengths: list[int], token_budget: int, min_batches: int = 1) -> list[list[int]]:

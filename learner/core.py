@@ -205,6 +205,7 @@ class LearnerCore:
         pieces = [self.image_pieces.get(trajs[i].frames, self.frame_fetcher) if trajs[i].frames else []
                   for i in index]
         mb = collate(trajs, index, pieces, int(self.image_processor.merge_size), self.pad_id, self.image_pad_id)
+        mb.position_ids = self.module.rope_position_ids(mb.input_ids, mb.attention_mask, mb.image_grid_thw)
         mb = mb.to(self.device)
         if mb.pixel_values is not None:
             mb.pixel_values = mb.pixel_values.to(self.dtype)
@@ -213,7 +214,7 @@ class LearnerCore:
     def _hidden(self, module, mb: MicroBatch):
         with self._autocast():
             return module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
-                                        mb.image_index, mb.unique_grid)
+                                        mb.image_index, mb.unique_grid, mb.position_ids)
 
     # --------------------------------------------------------------------------- score
     @torch.no_grad()
@@ -384,10 +385,11 @@ class LearnerCore:
             logp, ent = scored.logp, scored.entropy
             clock.lap("t_forward")
             sub = [items[i] for i in index]
-            old = torch.stack([_scatter_masked(it.old_logp, mb.loss_mask[r].cpu()) for r, it in enumerate(sub)]).to(self.device)
+            host_mask = mb.loss_mask.cpu()  # one device-to-host copy, not one per sequence
+            old = torch.stack([_scatter_masked(it.old_logp, host_mask[r]) for r, it in enumerate(sub)]).to(self.device)
             ref = None
             if all(it.ref_logp is not None for it in sub) and self.loss_cfg.kl_coef > 0:
-                ref = torch.stack([_scatter_masked(it.ref_logp, mb.loss_mask[r].cpu()) for r, it in enumerate(sub)]).to(self.device)
+                ref = torch.stack([_scatter_masked(it.ref_logp, host_mask[r]) for r, it in enumerate(sub)]).to(self.device)
             calib, aux, _ = self._seg_terms(items, mb, hidden)
             clock.lap("t_seg_heads")
             inputs = LossInputs(

@@ -56,14 +56,15 @@ class SegScorer:
         for index in plan_micro_batches(lengths, self.cfg.learner.micro_batch_tokens):
             pieces = [self.image_pieces.get(trajs[i].frames, self.frame_fetcher) if trajs[i].frames else []
                       for i in index]
-            mb = collate(trajs, index, pieces, int(self.image_processor.merge_size), self.pad_id,
-                         self.image_pad_id).to(self.device)
+            mb = collate(trajs, index, pieces, int(self.image_processor.merge_size), self.pad_id, self.image_pad_id)
+            mb.position_ids = self.policy.rope_position_ids(mb.input_ids, mb.attention_mask, mb.image_grid_thw)
+            mb = mb.to(self.device)
             if not len(mb.seg_rows):
                 continue
             pv = mb.pixel_values.to(self.dtype) if mb.pixel_values is not None else None
             with self._autocast():
                 hidden = self.policy.hidden_states(mb.input_ids, mb.attention_mask, pv, mb.image_grid_thw,
-                                                   mb.image_index, mb.unique_grid)
+                                                   mb.image_index, mb.unique_grid, mb.position_ids)
             seg = hidden[mb.seg_rows, mb.seg_cols].float().cpu().numpy()
             for k, (ti, turn) in enumerate(mb.seg_turns):
                 out[ti][turn] = seg[k]

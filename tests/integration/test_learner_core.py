@@ -95,6 +95,31 @@ def test_shared_vision_encoding_is_exact(world):
     assert torch.allclose(shared, plain, atol=1e-5)
 
 
+def test_rope_positions_from_the_collated_batch_equal_the_ones_transformers_computes(world):
+    """The learner passes multimodal RoPE positions computed on the host before the batch moves
+    (no host syncs in the GPU forward); they must equal what transformers derives itself."""
+    core = _core(world)
+    cfg, env, trajs, pool, _ = world
+    mb = core._collate(trajs, list(range(len(trajs))))
+    assert mb.position_ids is not None and mb.position_ids.shape == (3, *mb.input_ids.shape)
+    image = mb.input_ids == core.module.lm.config.image_token_id
+    # image tokens carry 2-D positions: height and width axes differ from the temporal one
+    assert (mb.position_ids[1][image] != mb.position_ids[2][image]).any()
+    module = core.module
+    with torch.no_grad():
+        given = module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
+                                     mb.image_index, mb.unique_grid, mb.position_ids)
+        derived = module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
+                                       mb.image_index, mb.unique_grid)
+        flat = torch.arange(mb.input_ids.shape[1]).expand(3, *mb.input_ids.shape)  # 1-D positions
+        ignored = module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
+                                       mb.image_index, mb.unique_grid, flat)
+    assert torch.equal(given, derived)
+    assert not torch.allclose(ignored, derived, atol=1e-3)  # the positions passed are the ones used
+    # a text-only batch has no multimodal positions to precompute
+    assert module.rope_position_ids(mb.input_ids, mb.attention_mask, None) is None
+
+
 @pytest.mark.parametrize("calibration", [True, False])
 def test_calibration_gradient_reaches_projector_and_decoder(world, calibration):
     core = _core(world, calibration=calibration, aux_mask_weight=0.0, kl_coef=0.0, lr=1e-3)
