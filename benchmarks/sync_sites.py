@@ -17,11 +17,12 @@ from collections import Counter
 
 import torch
 
-_SKIP = ("/torch/", "/contextlib.py", "/warnings.py", "sync_sites.py")
+_SKIP = ("/torch/", "/contextlib.py", "/warnings.py")
 
 
 def _where(depth: int) -> str:
-    frames = [f for f in traceback.extract_stack() if not any(s in f.filename for s in _SKIP)]
+    frames = [f for f in traceback.extract_stack()
+              if f.filename != __file__ and not any(s in f.filename for s in _SKIP)]
     picked = frames[-depth:]
     return " <- ".join(f"{_short(f.filename)}:{f.lineno} {f.name}" for f in reversed(picked))
 
