@@ -52,3 +52,55 @@ def test_bad_boundaries_are_refused(cu):
     q = torch.zeros(10, 1, 4)
     with pytest.raises(ValueError, match="cu_seqlens"):
         block_diagonal_attention(q, q, q, torch.tensor(cu), 1.0)
+
+
+def _plans_built(monkeypatch):
+    """Count BlockPlan constructions (each reads the bounds to the host once)."""
+    from learner import vision_attention
+
+    built = []
+    original = vision_attention.BlockPlan.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(vision_attention.BlockPlan, "__init__", counting)
+    vision_attention.PLANS.clear()
+    return built
+
+
+def test_bounds_are_read_once_per_cu_seqlens_tensor(monkeypatch):
+    built = _plans_built(monkeypatch)
+    cu = torch.tensor([0, 4, 10, 14])
+    q, k, v = (torch.randn(14, 2, 4) for _ in range(3))
+    for _ in range(3):  # as every block of a tower, and the checkpoint recompute, pass the same tensor
+        torch.testing.assert_close(block_diagonal_attention(q, k, v, cu, 0.5), per_block(q, k, v, cu, 0.5))
+    assert len(built) == 1
+    # A detached alias of the same memory is the same bounds.
+    block_diagonal_attention(q, k, v, cu.detach(), 0.5)
+    assert len(built) == 1
+
+
+def test_changed_or_new_bounds_get_a_new_plan(monkeypatch):
+    built = _plans_built(monkeypatch)
+    q, k, v = (torch.randn(14, 2, 4) for _ in range(3))
+    cu = torch.tensor([0, 4, 10, 14])
+    block_diagonal_attention(q, k, v, cu, 0.5)
+    cu[1] = 7  # in place: the cached plan no longer describes these bounds
+    torch.testing.assert_close(block_diagonal_attention(q, k, v, cu, 0.5), per_block(q, k, v, cu, 0.5))
+    other = torch.tensor([0, 7, 14])
+    torch.testing.assert_close(block_diagonal_attention(q, k, v, other, 0.5), per_block(q, k, v, other, 0.5))
+    assert len(built) == 3
+
+
+def test_plan_cache_is_bounded(monkeypatch):
+    from learner.vision_attention import PLANS
+
+    _plans_built(monkeypatch)
+    q = torch.randn(12, 1, 4)
+    tensors = [torch.tensor([0, n, 12]) for n in range(1, 11)]
+    for cu in tensors:
+        block_diagonal_attention(q, q, q, cu, 1.0)
+    assert len(PLANS._entries) == PLANS.SIZE
+    assert PLANS._entries[0][0] is tensors[-1]  # most recent first
