@@ -4,8 +4,8 @@
 # Run from the repository root (or a snapshot of its tracked files, so edits made meanwhile do not
 # reach a running seed). PYTHON defaults to .venv/bin/python. Each seed works in runs/c/s<N>; the
 # SAM2 text pre-training and the random policy's reports are copied from the previous seed's dir.
-# Afterwards copy each seed's eval_train*/{sft,rl}_s<N>/report.json here, its out/learning_curve.json
-# (the RL training curve) as curves/learning_curve_s<N>.json, and add a line to runs.md.
+# Afterwards `record_seed.sh N runs/c` copies each finished seed's reports and RL curve here; then add
+# its line to runs.md.
 set -u
 PYTHON=${PYTHON:-.venv/bin/python}
 FLAGS="--rl-steps 96 --sft-steps 600 --train-videos 60 --rl-train-videos 240 --sam2-pretrain-videos 60
