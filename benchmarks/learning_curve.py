@@ -151,6 +151,13 @@ def evaluate_all(held_out: str, policies: list[tuple[str, Path | str]], out: Pat
     return {tag: reports[tag] for tag, _ in policies}
 
 
+def stage_lines(stats: dict) -> list[str]:
+    """One printable line per stage: each metric's mean +- std over seeds."""
+    return [f"{stage}: " + ", ".join(f"{label} {stats[stage][k]['mean']:.3f} +- {stats[stage][k]['std']:.3f}"
+                                     for k, label in {**METRICS, **DIAGNOSTICS}.items())
+            for stage in STAGES]
+
+
 def stage_stats(reports: dict[str, dict], seeds: list[int]) -> dict:
     """Per stage and metric: the values per seed, mean and (population) std."""
     out = {}
@@ -340,10 +347,8 @@ def main(argv=None) -> int:
     }
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     plot(stats, rl_curves, out / f"{name}.png")
-    for stage in STAGES:
-        line = ", ".join(f"{label} {stats[stage][k]['mean']:.3f} +- {stats[stage][k]['std']:.3f}"
-                         for k, label in {**METRICS, **DIAGNOSTICS}.items())
-        _log(f"{stage}: {line}")
+    for line in stage_lines(stats):
+        _log(line)
     _log(describe(paired))
     _log(f"wrote {out / (name + '.json')} and .png in {time.time() - started:.0f} s")
     return 0

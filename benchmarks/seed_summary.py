@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_info
-from benchmarks.learning_curve import DIAGNOSTICS, METRICS, STAGES, plot, stage_stats
-from benchmarks.paired_delta import describe, load_reports, paired_delta
+from benchmarks.learning_curve import METRICS, DIAGNOSTICS, plot, stage_lines, stage_stats
+from benchmarks.paired_delta import describe, join_reports, paired_delta
 
 KEYS = (*METRICS, *DIAGNOSTICS, "avg_turns", "answered_rate")
 
@@ -40,12 +40,17 @@ def _read(path: Path) -> dict:
         raise ValueError(f"{path} is not a JSON report: {exc}") from exc
 
 
-def mean_over_sets(eval_dirs: list[Path], tags: list[str]) -> dict[str, dict]:
-    """{tag: {"overall": {metric: mean over sets}}} for every tag; every folder must hold every tag.
-    A metric a set leaves empty (None) is left out of that tag's mean; None if no set has it."""
+def read_reports(eval_dirs: list[Path], tags: list[str]) -> dict[str, list[dict]]:
+    """{tag: [its report in each folder]}, each file read once; every folder must hold every tag."""
+    return {tag: [_read(d / tag / "report.json") for d in eval_dirs] for tag in tags}
+
+
+def mean_over_sets(reports: dict[str, list[dict]]) -> dict[str, dict]:
+    """{tag: {"overall": {metric: mean over sets}}} from read_reports' lists. A metric a set leaves
+    empty (None) is left out of that tag's mean; None if no set has it."""
     out = {}
-    for tag in tags:
-        overalls = [_read(d / tag / "report.json").get("overall", {}) for d in eval_dirs]
+    for tag, per_set in reports.items():
+        overalls = [r.get("overall", {}) for r in per_set]
         merged = {}
         for key in KEYS:
             values = [o[key] for o in overalls if o.get(key) is not None]
@@ -79,8 +84,12 @@ def above_zero(pooled: dict) -> dict[str, bool]:
 
 def summarise(eval_dirs: list[Path], seeds: list[int], curve_files: list[Path]) -> dict:
     tags = ["base"] + [f"{stage}_s{s}" for stage in ("sft", "rl") for s in seeds]
-    per_policy = mean_over_sets(eval_dirs, tags)
-    paired = paired_delta(load_reports(eval_dirs, seeds), seeds)
+    reports = read_reports(eval_dirs, tags)
+    per_policy = mean_over_sets(reports)
+    # Every folder holds every seed, so each policy's reports are joined over all the sets.
+    names = [str(d) for d in eval_dirs]
+    paired = paired_delta({tag: join_reports(r, [f"{n}/{tag}" for n in names]) if len(r) > 1 else r[0]
+                           for tag, r in reports.items() if tag != "base"}, seeds)
     curves = training_curves(curve_files, seeds)
     return {
         "held_out_sets": [str(d) for d in eval_dirs], "seeds": seeds,
@@ -114,9 +123,8 @@ def main(argv=None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(doc, indent=1))
     plot(result["held_out"], {int(s): rows for s, rows in result["rl_training_reward"].items()}, png_path)
-    for stage in STAGES:
-        print(f"{stage}: " + ", ".join(f"{label} {result['held_out'][stage][k]['mean']:.3f} +- "
-                                       f"{result['held_out'][stage][k]['std']:.3f}" for k, label in METRICS.items()))
+    for line in stage_lines(result["held_out"]):
+        print(line)
     print(describe(result["rl_minus_sft"]))
     print("intervals above 0: " + ", ".join(f"{k} {v}" for k, v in result["intervals_above_zero"].items()))
     print(f"wrote {json_path} and {png_path}")

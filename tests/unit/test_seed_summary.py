@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.seed_summary import above_zero, main, mean_over_sets, summarise, training_curves
+from benchmarks.seed_summary import above_zero, main, read_reports, summarise, training_curves
 
 
 def _report(set_name, jf, reward, fmt=1.0):
@@ -56,7 +56,7 @@ def test_stage_figures_are_means_over_sets_and_pairs_cover_both_sets(two_sets):
 def test_a_set_missing_a_seed_is_an_error(two_sets):
     (two_sets[1] / "rl_s4" / "report.json").unlink()
     with pytest.raises(FileNotFoundError, match="rl_s4"):
-        mean_over_sets(two_sets, ["rl_s4"])
+        read_reports(two_sets, ["rl_s4"])
 
 
 def test_curves_are_taken_per_seed_and_conflicts_refused(tmp_path):
