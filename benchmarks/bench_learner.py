@@ -242,7 +242,7 @@ def run(args) -> dict:
             if r.key in seen:
                 continue
             seen.add(r.key)
-            mm = core.image_processor(images=[images[r.key]], return_tensors="pt")
+            mm = core.collator.image_processor(images=[images[r.key]], return_tensors="pt")
             grids += list(mm["image_grid_thw"])
     lm_conf = core.module.lm.config.text_config
     vis_conf = core.module.lm.config.vision_config

@@ -66,7 +66,7 @@ def route(cfg, policy: str, trajectories: str, steps: int, lr: float, lm_weight:
         states = []
         with torch.no_grad():
             for ex, _ in items:
-                mb = core._collate([ex.traj], [0])
+                mb = core.collator([ex.traj], [0])
                 h = core._hidden(module, mb)
                 states.append(h[mb.seg_rows[-1], mb.seg_cols[-1]].float().cpu())
         module.train()
@@ -87,7 +87,7 @@ def route(cfg, policy: str, trajectories: str, steps: int, lr: float, lm_weight:
     module.train()
     for step in range(1, steps + 1):
         picked = [train[i] for i in rng.choice(len(train), size=min(batch, len(train)), replace=False)]
-        mb = core._collate([ex.traj for ex, _ in picked], list(range(len(picked))))
+        mb = core.collator([ex.traj for ex, _ in picked], list(range(len(picked))))
         h = core._hidden(module, mb)
         scored = score_tokens(module.lm.lm_head, h, mb.input_ids, mb.loss_mask.bool())
         nll = -scored.logp.sum() / mb.loss_mask[:, 1:].sum().clamp(min=1)  # token mean

@@ -77,7 +77,7 @@ def probe(cfg, policy: str, trajectories: str) -> dict:
         for group in by_video.values():
             prompts = []
             for ex in group:
-                mb = core._collate([ex.traj], [0])
+                mb = core.collator([ex.traj], [0])
                 h = core._hidden(module, mb)
                 prompts.append(module.seg_embeddings(h, mb.seg_rows, mb.seg_cols)[-1])
                 hidden.append(h[mb.seg_rows[-1], mb.seg_cols[-1]].float().cpu().numpy())

@@ -26,8 +26,14 @@ class MicroBatch:
     unique_grid: torch.Tensor | None = None  # (n_distinct, 3) grids of the distinct images
     position_ids: torch.Tensor | None = None  # (3, B, T) multimodal RoPE positions (SegPolicy.rope_position_ids)
 
-    def to(self, device) -> "MicroBatch":
-        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    def to(self, device, pin: bool = False) -> "MicroBatch":
+        """On `device`. With `pin`, each tensor is first copied to page-locked host memory and sent
+        without blocking the host: a copy from ordinary memory waits for the GPU to drain its queue,
+        so the host could not collate the next micro-batch while the last one still runs."""
+        def move(t):
+            if not isinstance(t, torch.Tensor):
+                return t
+            return t.pin_memory().to(device, non_blocking=True) if pin else t.to(device)
         return MicroBatch(self.index, *(move(getattr(self, f)) for f in (
             "input_ids", "attention_mask", "loss_mask", "behaviour_logp", "pixel_values", "image_grid_thw",
             "seg_rows", "seg_cols")), self.seg_turns, move(self.image_index), move(self.unique_grid),
@@ -106,6 +112,33 @@ def collate(trajs: list[Trajectory], index: list[int], pieces: list[list[tuple]]
         image_index=torch.tensor(image_index, dtype=torch.long) if grids else None,
         unique_grid=torch.stack(unique_grids) if grids else None,
     )
+
+
+class Collator:
+    """Trajectories to a device-ready micro-batch for one policy: processed frames (cached), padded
+    tokens, the multimodal RoPE positions computed on the host, then one transfer to the device."""
+
+    def __init__(self, processor, rope_position_ids, device: str, dtype: torch.dtype, frame_fetcher=None):
+        tok = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.image_pieces = ImagePieces(self.image_processor)
+        self.merge = int(self.image_processor.merge_size)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+        self.rope_position_ids = rope_position_ids
+        self.device, self.dtype = device, dtype
+        self.frame_fetcher = frame_fetcher
+        self.pin = str(device).startswith("cuda")
+
+    def __call__(self, trajs: list[Trajectory], index: list[int]) -> MicroBatch:
+        pieces = [self.image_pieces.get(trajs[i].frames, self.frame_fetcher) if trajs[i].frames else []
+                  for i in index]
+        mb = collate(trajs, index, pieces, self.merge, self.pad_id, self.image_pad_id)
+        mb.position_ids = self.rope_position_ids(mb.input_ids, mb.attention_mask, mb.image_grid_thw)
+        mb = mb.to(self.device, pin=self.pin)
+        if mb.pixel_values is not None:
+            mb.pixel_values = mb.pixel_values.to(self.dtype)
+        return mb
 
 
 class ImagePieces:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from learner.batching import ImagePieces, MicroBatch, collate, plan_micro_batches
+from learner.batching import Collator, MicroBatch, plan_micro_batches
 from learner.losses import (LossConfig, LossInputs, bce_dice_loss, by_target_shape, decoder_score_loss, grpo_loss,
                             mask_log_likelihood, prompt_align_sum)
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
@@ -120,7 +120,6 @@ class LearnerCore:
         self.rank, self.world_size = rank, world_size
         self.policy_dir = Path(policy_dir)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.frame_fetcher = frame_fetcher
         self.feature_fetcher = feature_fetcher or (lambda v: v)
         self.gt_fetcher = gt_fetcher
         _seed_everything(cfg.run.seed + rank)
@@ -137,12 +136,9 @@ class LearnerCore:
             from learner.blocks import compile_blocks
 
             compile_blocks(self.policy.lm)
-        processor = AutoProcessor.from_pretrained(str(self.policy_dir))
-        self.image_processor = processor.image_processor
-        self.image_pieces = ImagePieces(self.image_processor)
-        tok = processor.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+        self.dtype = torch.bfloat16 if lc.precision == "bf16" else torch.float32
+        self.collator = Collator(AutoProcessor.from_pretrained(str(self.policy_dir)), self.policy.rope_position_ids,
+                                 self.device, self.dtype, frame_fetcher)
         self.loss_cfg = LossConfig(clip_low=lc.clip_eps_low, clip_high=lc.clip_eps_high, kl_coef=lc.kl_coef,
                                    kl_estimator=lc.kl_estimator, aggregation=lc.loss_aggregation,
                                    use_tis=True, tis_cap=lc.tis_cap, aux_weight=lc.aux_mask_weight)
@@ -161,7 +157,6 @@ class LearnerCore:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
             dist_init_required=True)
-        self.dtype = torch.bfloat16 if lc.precision == "bf16" else torch.float32
         self.prompt_teacher, self.prompt_anchor_scale = None, 0.0
         if lc.prompt_align_weight > 0:
             from segmentation.pretrain_text_prompt import load_prompt_teacher
@@ -201,16 +196,6 @@ class LearnerCore:
         return plan_micro_batches([len(t.token_ids) for t in trajs], self.cfg.learner.micro_batch_tokens,
                                   min_batches)
 
-    def _collate(self, trajs: list[Trajectory], index: list[int]) -> MicroBatch:
-        pieces = [self.image_pieces.get(trajs[i].frames, self.frame_fetcher) if trajs[i].frames else []
-                  for i in index]
-        mb = collate(trajs, index, pieces, int(self.image_processor.merge_size), self.pad_id, self.image_pad_id)
-        mb.position_ids = self.module.rope_position_ids(mb.input_ids, mb.attention_mask, mb.image_grid_thw)
-        mb = mb.to(self.device)
-        if mb.pixel_values is not None:
-            mb.pixel_values = mb.pixel_values.to(self.dtype)
-        return mb
-
     def _hidden(self, module, mb: MicroBatch):
         with self._autocast():
             return module.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
@@ -223,7 +208,7 @@ class LearnerCore:
         module.eval()
         out: list[ScoreOutput | None] = [None] * len(trajs)
         for index in self._micro_batches(trajs):
-            mb = self._collate(trajs, index)
+            mb = self.collator(trajs, index)
             hidden = self._hidden(module, mb)
             old = self._token_scores(module.lm.lm_head, hidden, mb).logp
             ref = None
@@ -378,7 +363,7 @@ class LearnerCore:
         clock = _PhaseClock(self.device if self.sync_timing else None)
         self._feature_memo = {}
         for g, index in enumerate(groups):
-            mb = self._collate(trajs, index)
+            mb = self.collator(trajs, index)
             clock.lap("t_collate")
             hidden = self._hidden(module, mb)
             scored = self._token_scores(module.lm.lm_head, hidden, mb, with_entropy=True)
@@ -447,7 +432,7 @@ class LearnerCore:
         sums = {"lm_loss": 0.0, "mask_loss": 0.0, "score_loss": 0.0, "align_loss": 0.0, "correct": 0.0,
                 "tokens": 0.0, "masks": 0.0}
         for g, index in enumerate(groups):
-            mb = self._collate(trajs, index)
+            mb = self.collator(trajs, index)
             hidden = self._hidden(module, mb)
             scored = self._token_scores(module.lm.lm_head, hidden, mb, with_top1=True)
             nll = -scored.logp.sum()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from learner.batching import ImagePieces, collate, plan_micro_batches
+from learner.batching import Collator, plan_micro_batches
 from learner.policy import build_policy
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,8 @@ class SegScorer:
 
         self.policy_dir = Path(policy_dir)
         self.policy = build_policy(self.cfg.model, self.policy_dir, self.device, seed=self.cfg.run.seed).eval()
-        processor = AutoProcessor.from_pretrained(str(self.policy_dir))
-        self.image_processor = processor.image_processor
-        self.image_pieces = ImagePieces(self.image_processor)
-        tok = processor.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+        self.collator = Collator(AutoProcessor.from_pretrained(str(self.policy_dir)), self.policy.rope_position_ids,
+                                 self.device, self.dtype, self.frame_fetcher)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
@@ -54,16 +50,11 @@ class SegScorer:
         out: list[list[np.ndarray | None]] = [[None] * t.num_turns for t in trajs]
         lengths = [len(t.token_ids) for t in trajs]
         for index in plan_micro_batches(lengths, self.cfg.learner.micro_batch_tokens):
-            pieces = [self.image_pieces.get(trajs[i].frames, self.frame_fetcher) if trajs[i].frames else []
-                      for i in index]
-            mb = collate(trajs, index, pieces, int(self.image_processor.merge_size), self.pad_id, self.image_pad_id)
-            mb.position_ids = self.policy.rope_position_ids(mb.input_ids, mb.attention_mask, mb.image_grid_thw)
-            mb = mb.to(self.device)
+            mb = self.collator(trajs, index)
             if not len(mb.seg_rows):
                 continue
-            pv = mb.pixel_values.to(self.dtype) if mb.pixel_values is not None else None
             with self._autocast():
-                hidden = self.policy.hidden_states(mb.input_ids, mb.attention_mask, pv, mb.image_grid_thw,
+                hidden = self.policy.hidden_states(mb.input_ids, mb.attention_mask, mb.pixel_values, mb.image_grid_thw,
                                                    mb.image_index, mb.unique_grid, mb.position_ids)
             seg = hidden[mb.seg_rows, mb.seg_cols].float().cpu().numpy()
             for k, (ti, turn) in enumerate(mb.seg_turns):

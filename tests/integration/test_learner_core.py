@@ -83,7 +83,7 @@ def test_shared_vision_encoding_is_exact(world):
     """Encoding each distinct frame once gives the same hidden states as encoding every slot."""
     core = _core(world)
     cfg, env, trajs, pool, _ = world
-    mb = core._collate(trajs, list(range(4)))  # one group: shared turn-0 frames
+    mb = core.collator(trajs, list(range(4)))  # one group: shared turn-0 frames
     assert len(mb.unique_grid) < len(mb.image_grid_thw)
     module = core.module
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_rope_positions_from_the_collated_batch_equal_the_ones_transformers_comp
     (no host syncs in the GPU forward); they must equal what transformers derives itself."""
     core = _core(world)
     cfg, env, trajs, pool, _ = world
-    mb = core._collate(trajs, list(range(len(trajs))))
+    mb = core.collator(trajs, list(range(len(trajs))))
     assert mb.position_ids is not None and mb.position_ids.shape == (3, *mb.input_ids.shape)
     image = mb.input_ids == core.module.lm.config.image_token_id
     # image tokens carry 2-D positions: height and width axes differ from the temporal one

@@ -1,0 +1,52 @@
+"""MicroBatch.to: the same tensors on the device, with or without page-locked staging."""
+
+import pytest
+import torch
+
+from learner.batching import MicroBatch
+
+
+def _batch() -> MicroBatch:
+    ids = torch.arange(12).reshape(2, 6)
+    return MicroBatch(index=[3, 1], input_ids=ids, attention_mask=torch.ones_like(ids),
+                      loss_mask=torch.rand(2, 6), behaviour_logp=-torch.rand(2, 6),
+                      pixel_values=torch.rand(8, 4), image_grid_thw=torch.tensor([[1, 2, 4]]),
+                      seg_rows=torch.tensor([0, 1]), seg_cols=torch.tensor([5, 4]), seg_turns=[(3, 0), (1, 1)],
+                      image_index=torch.tensor([0]), unique_grid=torch.tensor([[1, 2, 4]]),
+                      position_ids=torch.arange(36).reshape(3, 2, 6))
+
+
+FIELDS = ("input_ids", "attention_mask", "loss_mask", "behaviour_logp", "pixel_values", "image_grid_thw",
+          "seg_rows", "seg_cols", "image_index", "unique_grid", "position_ids")
+
+
+def _assert_same(a: MicroBatch, b: MicroBatch, device: str) -> None:
+    assert (a.index, a.seg_turns) == (b.index, b.seg_turns)
+    for name in FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert y.device.type == device, name
+        assert torch.equal(x.cpu(), y.cpu()), name
+
+
+def test_to_cpu_keeps_every_field():
+    mb = _batch()
+    _assert_same(mb, mb.to("cpu"), "cpu")
+
+
+def test_optional_fields_may_be_absent():
+    mb = _batch()
+    mb.pixel_values = mb.image_grid_thw = mb.image_index = mb.unique_grid = mb.position_ids = None
+    moved = mb.to("cpu")
+    assert moved.pixel_values is None and moved.position_ids is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked transfer needs a CUDA device")
+def test_pinned_transfer_equals_plain_one_and_does_not_block_the_host():
+    from benchmarks.sync_sites import count_sync_sites
+
+    mb = _batch()
+    plain, pinned = mb.to("cuda"), mb.to("cuda", pin=True)
+    torch.cuda.synchronize()
+    _assert_same(plain, pinned, "cuda")
+    assert count_sync_sites(lambda: mb.to("cuda", pin=True), depth=1)["total"] == 0
+    assert count_sync_sites(lambda: mb.to("cuda"), depth=1)["total"] > 0
