@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from learner.device_transfer import send_to_device
 from rollout.mm_inputs import image_pad_runs
 from rollout.trajectory import Trajectory
 
@@ -26,14 +27,9 @@ class MicroBatch:
     unique_grid: torch.Tensor | None = None  # (n_distinct, 3) grids of the distinct images
     position_ids: torch.Tensor | None = None  # (3, B, T) multimodal RoPE positions (SegPolicy.rope_position_ids)
 
-    def to(self, device, pin: bool = False) -> "MicroBatch":
-        """On `device`. With `pin`, each tensor is first copied to page-locked host memory and sent
-        without blocking the host: a copy from ordinary memory waits for the GPU to drain its queue,
-        so the host could not collate the next micro-batch while the last one still runs."""
-        def move(t):
-            if not isinstance(t, torch.Tensor):
-                return t
-            return t.pin_memory().to(device, non_blocking=True) if pin else t.to(device)
+    def to(self, device) -> "MicroBatch":
+        """On `device`, without stalling the host (send_to_device)."""
+        move = lambda t: send_to_device(t, device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return MicroBatch(self.index, *(move(getattr(self, f)) for f in (
             "input_ids", "attention_mask", "loss_mask", "behaviour_logp", "pixel_values", "image_grid_thw",
             "seg_rows", "seg_cols")), self.seg_turns, move(self.image_index), move(self.unique_grid),
@@ -128,14 +124,13 @@ class Collator:
         self.rope_position_ids = rope_position_ids
         self.device, self.dtype = device, dtype
         self.frame_fetcher = frame_fetcher
-        self.pin = str(device).startswith("cuda")
 
     def __call__(self, trajs: list[Trajectory], index: list[int]) -> MicroBatch:
         pieces = [self.image_pieces.get(trajs[i].frames, self.frame_fetcher) if trajs[i].frames else []
                   for i in index]
         mb = collate(trajs, index, pieces, self.merge, self.pad_id, self.image_pad_id)
         mb.position_ids = self.rope_position_ids(mb.input_ids, mb.attention_mask, mb.image_grid_thw)
-        mb = mb.to(self.device, pin=self.pin)
+        mb = mb.to(self.device)
         if mb.pixel_values is not None:
             mb.pixel_values = mb.pixel_values.to(self.dtype)
         return mb

@@ -24,6 +24,7 @@ import torch
 
 from configs.schema import Config
 from learner.batching import Collator, MicroBatch, plan_micro_batches
+from learner.device_transfer import send_to_device
 from learner.losses import (LossConfig, LossInputs, bce_dice_loss, by_target_shape, decoder_score_loss, grpo_loss,
                             mask_log_likelihood, prompt_align_sum)
 from learner.policy import build_policy, mm_token_types, reference_model, save_policy
@@ -278,7 +279,15 @@ class LearnerCore:
         module = self.module
         embeds = module.seg_embeddings(hidden, mb.seg_rows, mb.seg_cols)  # (S, 256)
         calib = None
-        jobs_feat, jobs_embed, jobs_target, calib_slots = [], [], [], []
+        # One decode job per (embedding, frame): calibration on the rollout keyframe mask, aux on ground truth.
+        jobs_feat, jobs_embed = [], []
+        calib_jobs, calib_targets, calib_slots, aux_jobs, aux_targets = [], [], [], [], []
+
+        def add_job(key, k: int) -> int:
+            jobs_feat.append(key)
+            jobs_embed.append(k)
+            return len(jobs_feat) - 1
+
         for k, (ti, turn) in enumerate(mb.seg_turns):
             item = items[ti]
             if item.score is None:
@@ -286,18 +295,15 @@ class LearnerCore:
             ts = item.score.turns[turn]
             kf_key = ts.keyframe_feature
             if lc.calibration:
-                jobs_feat.append(kf_key)
-                jobs_embed.append(k)
-                jobs_target.append(("calib", ts.keyframe_mask))
+                calib_jobs.append(add_job(kf_key, k))
+                calib_targets.append(ts.keyframe_mask)
                 calib_slots.append(k)
             if lc.aux_mask_weight > 0 and self.gt_fetcher is not None:
                 frames = [ts.keyframe] + list(item.score.sampled_frames)
                 keys = [kf_key] + list(item.score.sampled_features)
-                gts = self.gt_fetcher(item.traj.sample, frames)
-                for key, gt in zip(keys, gts):
-                    jobs_feat.append(key)
-                    jobs_embed.append(k)
-                    jobs_target.append(("aux", gt))
+                for key, gt in zip(keys, self.gt_fetcher(item.traj.sample, frames)):
+                    aux_jobs.append(add_job(key, k))
+                    aux_targets.append(gt)
         if not jobs_feat:
             return None, None, 0
         # Decode every (embedding, frame) pair in one batch; features of a frame are loaded once.
@@ -305,21 +311,19 @@ class LearnerCore:
         owner = {key: next(items[ti] for ti, _ in mb.seg_turns if items[ti].score is not None
                            and key in items[ti].score.features) for key in uniq}
         loaded = [self._features(owner[key], key) for key in uniq]
-        idx = torch.tensor([uniq[key] for key in jobs_feat], device=self.device)
-        out = self._decode_indexed(module, embeds[torch.tensor(jobs_embed, device=self.device)], loaded, idx)
+        idx = send_to_device(torch.tensor([uniq[key] for key in jobs_feat]), self.device)
+        out = self._decode_indexed(module, embeds[send_to_device(torch.tensor(jobs_embed), self.device)], loaded, idx)
         logits = out.low_res_logits[:, 0].float()
-        calib_jobs = [j for j, (kind, _) in enumerate(jobs_target) if kind == "calib"]
-        aux_jobs = [j for j, (kind, _) in enumerate(jobs_target) if kind == "aux"]
         if calib_jobs:
             values = by_target_shape(lambda r, t: mask_log_likelihood(logits[r], t, lc.calibration_size),
-                                   calib_jobs, [jobs_target[j][1] for j in calib_jobs], self.device)
-            slots = torch.tensor(calib_slots, device=self.device)
+                                     calib_jobs, calib_targets, self.device)
+            slots = send_to_device(torch.tensor(calib_slots), self.device)
             calib = torch.zeros(mb.loss_mask.shape, device=self.device, dtype=torch.float32)
             calib = calib.index_put((mb.seg_rows[slots], mb.seg_cols[slots]), values)
         aux = None
         if aux_jobs:
             aux = by_target_shape(lambda r, t: torch.add(*self._supervised_mask_loss(out, r, t)),
-                                  aux_jobs, [jobs_target[j][1] for j in aux_jobs], self.device)
+                                  aux_jobs, aux_targets, self.device)
         return calib, aux, len(aux_jobs)
 
     def set_prompt_pool(self, expressions: list[str]) -> float:

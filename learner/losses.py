@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from learner.device_transfer import send_to_device
+
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "dr_grpo")
 
 
@@ -137,8 +139,8 @@ def by_target_shape(loss_fn, rows: list[int], targets: list, device, max_group: 
     for positions in groups.values():
         for start in range(0, len(positions), max_group):
             chunk = positions[start:start + max_group]
-            stacked = torch.stack([torch.as_tensor(targets[p]) for p in chunk]).to(device)
-            index = torch.tensor([rows[p] for p in chunk], device=device)
+            stacked = send_to_device(torch.stack([torch.as_tensor(targets[p]) for p in chunk]), device)
+            index = send_to_device(torch.tensor([rows[p] for p in chunk]), device)
             parts.append(loss_fn(index, stacked))
             order += chunk
     values = torch.cat(parts)
@@ -146,7 +148,7 @@ def by_target_shape(loss_fn, rows: list[int], targets: list, device, max_group: 
         return values
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    return values[inverse.to(values.device)]
+    return values[send_to_device(inverse, values.device)]
 
 
 def _resize_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
