@@ -229,6 +229,11 @@ def join_reports(reports: list[dict], names: list[str]) -> dict:
     return {"samples": samples, "overall": overall, "joined_from": names}
 
 
+def one_report(reports: list[dict], names: list[str]) -> dict:
+    """A policy's report from its reports on one or more disjoint held-out sets (join_reports)."""
+    return reports[0] if len(reports) == 1 else join_reports(reports, names)
+
+
 def load_reports(eval_dirs: Path | list[Path], seeds: list[int]) -> dict[str, dict]:
     """The SFT and RL reports of every seed. With several folders, each report is taken from the
     folders that hold it: one (runs that trained different seeds on the same held-out set), or
@@ -242,8 +247,7 @@ def load_reports(eval_dirs: Path | list[Path], seeds: list[int]) -> dict[str, di
             if not found:
                 where = " or ".join(str(d / tag / "report.json") for d in dirs)
                 raise FileNotFoundError(f"no evaluation report at {where} (run benchmarks.learning_curve first)")
-            loaded = [json.loads(f.read_text()) for f in found]
-            reports[tag] = loaded[0] if len(loaded) == 1 else join_reports(loaded, [str(f) for f in found])
+            reports[tag] = one_report([json.loads(f.read_text()) for f in found], [str(f) for f in found])
     return reports
 
 

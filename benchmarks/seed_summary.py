@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.common import machine_info
 from benchmarks.learning_curve import METRICS, DIAGNOSTICS, plot, stage_lines, stage_stats
-from benchmarks.paired_delta import describe, join_reports, paired_delta
+from benchmarks.paired_delta import describe, one_report, paired_delta
 
 KEYS = (*METRICS, *DIAGNOSTICS, "avg_turns", "answered_rate")
 
@@ -88,11 +88,11 @@ def summarise(eval_dirs: list[Path], seeds: list[int], curve_files: list[Path]) 
     per_policy = mean_over_sets(reports)
     # Every folder holds every seed, so each policy's reports are joined over all the sets.
     names = [str(d) for d in eval_dirs]
-    paired = paired_delta({tag: join_reports(r, [f"{n}/{tag}" for n in names]) if len(r) > 1 else r[0]
+    paired = paired_delta({tag: one_report(r, [f"{n}/{tag}" for n in names])
                            for tag, r in reports.items() if tag != "base"}, seeds)
     curves = training_curves(curve_files, seeds)
     return {
-        "held_out_sets": [str(d) for d in eval_dirs], "seeds": seeds,
+        "held_out_sets": names, "seeds": seeds,
         "held_out": stage_stats(per_policy, seeds),
         "rl_minus_sft": paired,
         "intervals_above_zero": above_zero(paired["pooled"]),
