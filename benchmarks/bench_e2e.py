@@ -9,7 +9,7 @@ Runs the real trainer twice as subprocesses, on the same data and seed:
 
 and reads each run's metrics.jsonl `time` rows (learner/main.py): rollout (launch -> collected),
 score, reward, train, wait_rollout (async: waiting for the prefetched next rollout before the
-weights change), sync (export + engines + pool; sync_engines / sync_pool are its parts) and step
+weights change), sync (its parts: sync_export, sync_share (object store), sync_engines, sync_pool) and step
 (from the start of collection to the end of the sync). In async mode the rollout of step N+1 is
 launched right after step N's batch is collected and runs while step N scores and trains.
 
@@ -40,7 +40,8 @@ from pathlib import Path
 from benchmarks.common import peak_rss_mb, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("rollout", "score", "reward", "train", "wait_rollout", "sync", "step", "sync_engines", "sync_pool")
+PHASES = ("rollout", "score", "reward", "train", "wait_rollout", "sync", "step", "sync_export", "sync_share",
+          "sync_engines", "sync_pool")
 BUSY = ("score", "reward", "train", "wait_rollout", "sync")
 DATA = "data.train=[{name: synthetic, format: synthetic, videos: 4, seed: 0, frames_per_video: 24}]"
 NOTE_CPU = ("On a small CPU machine the overlapped rollout (vLLM) and scoring/training (torch) compete "

@@ -167,13 +167,25 @@ def _volumes(settings: DeploySettings, shm_gib: int) -> tuple[list[dict], list[d
     return volumes, mounts
 
 
+def shm_gib(memory_gib: int) -> int:
+    """The pod's /dev/shm size: 30% of its memory (at least 8 GiB)."""
+    return max(8, memory_gib * 3 // 10)
+
+
+def ray_start_params(memory_gib: int, **params: str) -> dict:
+    """`ray start` flags of a pod. The object store gets two thirds of /dev/shm, not Ray's default
+    (30% of memory, i.e. all of it): the rest holds weight versions the learner writes and the
+    copies rollout workers on other nodes stage there during a sync."""
+    return {**params, "object-store-memory": str(shm_gib(memory_gib) * 2 // 3 * 1024 ** 3)}
+
+
 def pod_template(container: str, component: str, cpus: int, memory_gib: int, gpus: int,
                  settings: DeploySettings) -> dict:
     """A Ray pod: guaranteed QoS (requests = limits), non-root, volumes mounted."""
     limits = {"cpu": str(cpus), "memory": f"{memory_gib}Gi"}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
-    volumes, mounts = _volumes(settings, max(8, memory_gib * 3 // 10))
+    volumes, mounts = _volumes(settings, shm_gib(memory_gib))
     spec = {
         "automountServiceAccountToken": False,  # Ray pods never call the Kubernetes API
         "securityContext": _pod_security(settings),
@@ -233,7 +245,7 @@ def worker_group(shape: GroupShape, settings: DeploySettings) -> dict:
     return {
         "groupName": shape.role,
         "replicas": shape.replicas, "minReplicas": shape.replicas, "maxReplicas": shape.replicas,
-        "rayStartParams": {},
+        "rayStartParams": ray_start_params(shape.memory_gib_per_pod),
         # Structured group resources: KubeRay passes custom keys to `ray start --resources`.
         "resources": {role_resource_name(shape.role): str(shape.actors_per_pod)},
         "template": pod_template("ray-worker", shape.role, shape.cpus_per_pod, shape.memory_gib_per_pod,
@@ -254,7 +266,8 @@ def cluster_spec(cfg: Config, settings: DeploySettings) -> dict:
         },
         "headGroupSpec": {
             "serviceType": "ClusterIP",
-            "rayStartParams": {"num-cpus": "0"},  # the driver only; no actor lands on the head
+            # num-cpus 0: the driver only; no actor lands on the head
+            "rayStartParams": ray_start_params(HEAD_MEMORY_GIB, **{"num-cpus": "0"}),
             "template": pod_template("ray-head", "head", HEAD_CPUS, HEAD_MEMORY_GIB, 0, settings),
         },
         "workerGroupSpecs": [worker_group(s, settings) for s in group_shapes(cfg, settings)],

@@ -180,6 +180,11 @@ class RolloutConfig(Section):
         "well-formed and only the content is learned; for debugging and weak base models",
     )
     block_size: int | None = Field(None, ge=1, description="KV cache block size; None = vLLM's default")
+    weight_transport: Literal["auto", "shared_memory", "object_store"] = Field(
+        "auto",
+        description="how new weights reach the engines: shared memory of the writer's node, plus Ray's "
+        "object store when the cluster has more than one node (auto), or always (object_store)",
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -77,12 +77,22 @@ class LearnerWorker:
     def train(self, items: list, totals) -> dict:
         return self.core.train(items, totals)
 
-    def export_lm_weights(self, shm_root: str, version: int) -> str:
-        from rollout.weight_transport import prune_versions, write_buckets
+    def export_lm_weights(self, shm_root: str, version: int):
+        """Write the engine weights into this node's shared memory; returns the `WeightUpdate`."""
+        import ray
+
+        from rollout.weight_transport import prune_versions, publish, write_buckets
 
         write_buckets(self.core.lm_weights().items(), shm_root, version)
         prune_versions(shm_root, keep=2)
-        return str(Path(shm_root) / f"v{version:08d}")
+        return publish(Path(shm_root) / f"v{version:08d}", ray.get_runtime_context().get_node_id())
+
+    def share_lm_weights(self, update, fetch_everywhere: bool = False):
+        """`update` with its files' bytes also in Ray's object store (owned by this actor), for
+        engines on other nodes."""
+        import ray
+
+        return update.shared(ray.put, fetch_everywhere)
 
     def head_weights(self) -> dict:
         return self.core.head_weights()
@@ -177,8 +187,11 @@ class LearnerGroup:
 
         return ray.get(getattr(self.workers[0], method).remote(*args), timeout=timeout)
 
-    def export_lm_weights(self, shm_root: str, version: int, timeout: float | None = None) -> str:
+    def export_lm_weights(self, shm_root: str, version: int, timeout: float | None = None):
         return self._first("export_lm_weights", shm_root, version, timeout=timeout)
+
+    def share_lm_weights(self, update, fetch_everywhere: bool = False, timeout: float | None = None):
+        return self._first("share_lm_weights", update, fetch_everywhere, timeout=timeout)
 
     def head_weights(self, timeout: float | None = None) -> dict:
         return self._first("head_weights", timeout=timeout)

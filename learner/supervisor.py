@@ -41,7 +41,8 @@ class Supervisor:
         self.timeout = timeout_s
         self.retries = retries
         self.version = 0
-        self.version_dir = ""
+        self.update = None  # the current WeightUpdate; None before the first sync
+        self.transports: set[str] = set()  # how the last sync reached the engines (logged on change)
         self.heads: dict | None = None
         self.step = 0
 
@@ -54,19 +55,39 @@ class Supervisor:
         """Push the learner's weights everywhere. A dead engine or pool actor is revived first."""
         import ray
 
+        t0 = time.time()
         try:
-            self.version_dir = self.system.learners.export_lm_weights(self.system.shm_root, version)
+            self.update = self.system.learners.export_lm_weights(self.system.shm_root, version)
             self.heads = self.system.learners.head_weights()
+            t1 = time.time()
+            self._share_if_needed()
         except _faults() as exc:
             raise LearnerLost(str(exc)) from exc
         self.version = version
-        t0 = time.time()
+        t2 = time.time()
+        transports = set()
         for i in range(len(self.system.rollout.workers)):
-            self._call_rollout(i, lambda w: ray.get(w.update_weights.remote(self.version_dir, version),
-                                                     timeout=self.timeout))
-        t1 = time.time()
+            info = self._call_rollout(i, lambda w: ray.get(w.update_weights.remote(self.update, version),
+                                                            timeout=self.timeout))
+            transports.add(info.get("transport", "shared_memory"))
+        if transports != self.transports:
+            log.info("weights v%d reached the engines through: %s", version, ", ".join(sorted(transports)))
+            self.transports = transports
+        t3 = time.time()
         self._pool_call(lambda: self.system.pool.update_weights(version, self.heads, timeout_s=self.timeout))
-        return {"engines": t1 - t0, "pool": time.time() - t1}
+        return {"export": t1 - t0, "share": t2 - t1, "engines": t3 - t2, "pool": time.time() - t3}
+
+    def _share_if_needed(self) -> None:
+        """Put the current weights into Ray's object store too when engines may be on other nodes
+        (rollout.weight_transport); shared memory alone reaches only the learner's node."""
+        import ray
+
+        from rollout.weight_transport import needs_object_store
+
+        mode = self.system.cfg.rollout.weight_transport
+        if self.update.buckets is None and needs_object_store(mode, sum(n["Alive"] for n in ray.nodes())):
+            self.update = self.system.learners.share_lm_weights(self.update, mode == "object_store",
+                                                                timeout=self.timeout)
 
     # ----------------------------------------------------------------------------- rollout
     def _revive_rollout(self, i: int) -> None:
@@ -83,8 +104,9 @@ class Supervisor:
                 if time.time() > deadline:
                     raise RuntimeError(f"rollout worker {i} did not come back within {self.timeout:.0f} s") from exc
                 time.sleep(2.0)
-        if self.version_dir and health["weight_version"] != self.version:
-            ray.get(worker.update_weights.remote(self.version_dir, self.version), timeout=self.timeout)
+        if self.update is not None and health["weight_version"] != self.version:
+            self._share_if_needed()  # the cluster may have grown since the sync
+            ray.get(worker.update_weights.remote(self.update, self.version), timeout=self.timeout)
         self.ledger.record_event(self.step, "recovered", {"role": "rollout", "worker": i, "pid": health["pid"]})
 
     def _call_rollout(self, i: int, fn):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import time
+from pathlib import Path
 
 from configs.schema import Config
 
@@ -21,8 +24,10 @@ class RolloutWorker:
 
     def __init__(self, cfg: dict, model_dir: str, env_handles: list, worker_index: int = 0):
         from rollout.service import RayEnvClient, RolloutService
+        from rollout.shm_segments import reap_stale_weight_dirs
 
         logging.basicConfig(level=logging.INFO)
+        reap_stale_weight_dirs()  # staged weights of workers killed on this node
         self.cfg = Config.model_validate(cfg)
         self.index = worker_index
         self.env = RayEnvClient(env_handles, timeout_s=self.cfg.rollout.request_timeout_s)
@@ -48,8 +53,32 @@ class RolloutWorker:
         finally:
             self.in_flight -= len(samples) * group_size
 
-    async def update_weights(self, version_dir: str, version: int) -> dict:
-        return await self.service.update_weights(version_dir, version)
+    async def update_weights(self, update, version: int) -> dict:
+        """Load weights `version`; `update` is a `WeightUpdate` or (same node only) its folder path."""
+        import ray
+
+        from rollout.weight_transport import WeightUpdate
+
+        if not isinstance(update, WeightUpdate):
+            return await self.service.update_weights(str(update), version)
+        if update.source_for(ray.get_runtime_context().get_node_id()) == "shared_memory":
+            return {**await self.service.update_weights(update.version_dir, version), "transport": "shared_memory"}
+        started = time.time()
+        # Fetching and writing hundreds of MB must not stall this actor's event loop.
+        staged = await asyncio.to_thread(self._stage, update)
+        fetched = time.time() - started
+        try:
+            info = await self.service.update_weights(str(staged), version)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # the engine holds the weights now
+        return {**info, "transport": "object_store", "fetch_seconds": fetched}
+
+    @staticmethod
+    def _stage(update) -> Path:
+        from rollout.weight_transport import default_shm_root, fetch_and_stage
+
+        # One folder per worker process (named by pid, so a killed worker's folder can be reaped).
+        return fetch_and_stage(update, default_shm_root() / f"videoseg_staged_{os.getpid()}")
 
     async def pause(self) -> None:
         await self.service.engine.pause()
@@ -69,7 +98,10 @@ class RolloutWorker:
         return await self.service.engine.score_sequence(prompt_ids, images)
 
     def shutdown(self) -> None:
+        from rollout.weight_transport import default_shm_root
+
         self.service.shutdown()
+        shutil.rmtree(default_shm_root() / f"videoseg_staged_{os.getpid()}", ignore_errors=True)
 
 
 def create_rollout_workers(cfg: Config, model_dir: str, env_handles: list, n: int | None = None,
@@ -130,7 +162,7 @@ class RolloutRouter:
 
         return [t for part in ray.get(refs, timeout=timeout) for t in part]
 
-    def update_weights(self, version_dir: str, version: int) -> list:
+    def update_weights(self, update, version: int) -> list:
         import ray
 
-        return ray.get([w.update_weights.remote(version_dir, version) for w in self.workers])
+        return ray.get([w.update_weights.remote(update, version) for w in self.workers])

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 PREFIX = "psm_"
 REGISTRY = "videoseg_engine_segments"
-WEIGHT_DIR_PATTERNS = (re.compile(r"^videoseg_weights_.+_(\d+)$"), re.compile(r"^videoseg_eval_(\d+)_\d+$"))
+WEIGHT_DIR_PATTERNS = (re.compile(r"^videoseg_weights_.+_(\d+)$"), re.compile(r"^videoseg_eval_(\d+)_\d+$"),
+                       re.compile(r"^videoseg_staged_(\d+)$"))
 
 
 def child_pids(pid: int | None = None) -> set[int]:

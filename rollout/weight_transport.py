@@ -1,9 +1,15 @@
-"""Moving policy weights from a learner to rollout engines on the same host without per-tensor calls.
+"""Moving policy weights from a learner to rollout engines without per-tensor calls.
 
 The learner writes its language-model weights (checkpoint-format names, exactly as in a saved HF
 policy) into a few safetensors files of bounded size under a shared-memory directory; each engine
 loads them through its worker extension. A manifest with a version and per-file checksums is written
 last, so a reader never sees a half-written update.
+
+Shared memory is host-local. When engines run on other nodes (the KubeRay layout puts the learner
+and the rollout workers in different pods), the writer also puts each file's bytes into Ray's object
+store (`WeightUpdate.shared`); a reader on another node fetches them, writes them into its own
+shared memory (`stage_buckets`) and loads from there. Ray pulls an object to a node once, so the
+workers of one node share one transfer.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
+
+WEIGHT_TRANSPORTS = ("auto", "shared_memory", "object_store")
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
 
@@ -53,7 +62,7 @@ def write_buckets(named_tensors: Iterable, out_dir: str | Path, version: int,
             return
         path = out_dir / f"bucket_{len(files):04d}.safetensors"
         save_file(bucket, str(path))
-        files.append({"path": str(path), "tensors": len(bucket), "bytes": size,
+        files.append({"path": str(path), "tensors": len(bucket), "bytes": size, "file_bytes": path.stat().st_size,
                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if checksum else None})
         bucket, size = {}, 0
 
@@ -94,3 +103,115 @@ def prune_versions(root: str | Path, keep: int = 1) -> None:
     versions = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("v"))
     for old in versions[:-keep] if keep else versions:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ across nodes
+@dataclass
+class WeightUpdate:
+    """One published version of the engine weights.
+
+    `version_dir` is readable only on `node_id` (the writer's node). When `buckets` is set it holds
+    the same files' bytes as Ray object refs, in manifest order, for readers elsewhere;
+    `fetch_everywhere` makes readers on the writer's node fetch them too (`object_store` mode:
+    exercises the cross-node path on one machine)."""
+
+    version: int
+    version_dir: str
+    node_id: str
+    manifest: dict
+    buckets: list | None = None
+    fetch_everywhere: bool = False
+
+    def source_for(self, node_id: str) -> str:
+        """How a reader on `node_id` gets the files: "shared_memory" (read `version_dir`) or
+        "object_store" (fetch `buckets` and stage them locally)."""
+        if self.buckets is not None and (self.fetch_everywhere or node_id != self.node_id):
+            return "object_store"
+        if node_id != self.node_id:
+            raise RuntimeError(
+                f"weights v{self.version} were written to shared memory on node {self.node_id[:12]}, but this "
+                f"rollout worker runs on node {node_id[:12]} and cannot read them; set "
+                "rollout.weight_transport=auto (or object_store) so they also travel through Ray's object store")
+        return "shared_memory"
+
+    def shared(self, put: Callable, fetch_everywhere: bool = False) -> "WeightUpdate":
+        """A copy whose `buckets` hold `put(bytes)` of every file (`put` is `ray.put` in the actors)."""
+        return replace(self, buckets=[put(blob) for blob in bucket_blobs(self.manifest)],
+                       fetch_everywhere=fetch_everywhere)
+
+
+def publish(version_dir: str | Path, node_id: str) -> WeightUpdate:
+    """The update for a version written by `write_buckets` on this node."""
+    manifest = read_manifest(version_dir)
+    return WeightUpdate(int(manifest["version"]), str(version_dir), node_id, manifest)
+
+
+def needs_object_store(mode: str, alive_nodes: int) -> bool:
+    """Whether the weights must also go through the object store. `auto` decides by the cluster, not
+    by where the workers run now: a worker Ray restarts may come back on another node."""
+    if mode not in WEIGHT_TRANSPORTS:
+        raise ValueError(f"unknown weight transport {mode!r}; expected one of {WEIGHT_TRANSPORTS}")
+    return mode == "object_store" or (mode == "auto" and alive_nodes > 1)
+
+
+def bucket_blobs(manifest: dict) -> Iterator:
+    """Each bucket file's bytes as a uint8 array, one at a time (one bucket in memory at once)."""
+    import numpy as np
+
+    for f in manifest["files"]:
+        yield np.fromfile(f["path"], dtype=np.uint8)
+
+
+def fetch_and_stage(update: WeightUpdate, dest_root: str | Path) -> Path:
+    """Pull `update`'s buckets from Ray's object store one at a time and stage them under
+    `dest_root`; returns the version folder (the reader deletes it once the weights are loaded)."""
+    import ray
+
+    return stage_buckets(update.manifest, (ray.get(ref) for ref in update.buckets), dest_root)
+
+
+def stage_buckets(manifest: dict, blobs: Iterable, dest_root: str | Path) -> Path:
+    """Write fetched bucket bytes under `dest_root` as a version folder `read_manifest` accepts;
+    returns the folder. Refuses a transfer with a missing, extra or truncated bucket."""
+    files = manifest["files"]
+    version_dir = Path(dest_root) / f"v{int(manifest['version']):08d}"
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    version_dir.mkdir(parents=True)
+    try:
+        local = [_stage_one(f, blob, version_dir, manifest["version"]) for f, blob in _pairs(files, blobs, manifest)]
+        staged = {**manifest, "files": local}
+        tmp = version_dir / "manifest.json.tmp"
+        tmp.write_text(json.dumps(staged))
+        os.replace(tmp, version_dir / "manifest.json")
+        if any(f.get("sha256") for f in local):
+            read_manifest(version_dir, verify=True)
+    except BaseException:
+        shutil.rmtree(version_dir, ignore_errors=True)  # never leave a half-staged version behind
+        raise
+    return version_dir
+
+
+def _pairs(files: list, blobs: Iterable, manifest: dict) -> Iterator:
+    count = 0
+    for blob in blobs:
+        if count == len(files):
+            raise ValueError(f"weight update v{manifest['version']} arrived with more buckets than the "
+                             f"{len(files)} its manifest lists")
+        yield files[count], blob
+        count += 1
+    if count != len(files):
+        raise ValueError(f"weight update v{manifest['version']} arrived with {count} buckets; "
+                         f"its manifest lists {len(files)}")
+
+
+def _stage_one(f: dict, blob, version_dir: Path, version) -> dict:
+    data = memoryview(blob).cast("B")
+    expected = f.get("file_bytes")
+    if expected is not None and data.nbytes != expected:
+        raise ValueError(f"weight bucket {Path(f['path']).name} of v{version} arrived with "
+                         f"{data.nbytes} bytes; the writer wrote {expected}")
+    path = version_dir / Path(f["path"]).name
+    with open(path, "wb") as out:
+        out.write(data)
+    return {**f, "path": str(path)}

@@ -29,8 +29,10 @@ def test_debug_run_trains_writes_metrics_and_checkpoints(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     out = tmp_path / "run"
-    res = run_main(out, "run.steps=2", "run.checkpoint_every=1")
+    # object_store: the weights reach the engine the way they reach engines on other nodes
+    res = run_main(out, "run.steps=2", "run.checkpoint_every=1", "rollout.weight_transport=object_store")
     assert "step 2/2" in res.stderr
+    assert "reached the engines through: object_store" in res.stderr
     rows = metrics(out)
     assert [r["step"] for r in rows] == [0, 1]
     for r in rows:
@@ -38,9 +40,12 @@ def test_debug_run_trains_writes_metrics_and_checkpoints(tmp_path):
         for key in ("reward/mean", "reward/format", "reward/mask", "iou/keyframe_last", "episode/turns",
                     "train/kl", "train/entropy", "train/calibration", "sync/logp_gap_mean"):
             assert key in r, key
-        assert set(r["time"]) >= {"rollout", "score", "reward", "train", "sync"}
+        assert set(r["time"]) >= {"rollout", "score", "reward", "train", "sync", "sync_share", "sync_engines"}
     # engines sample with the learner's weights: the learner re-scores their tokens almost exactly
     assert rows[1]["sync/logp_gap_mean"] < 1e-3
+    from rollout.weight_transport import default_shm_root
+
+    assert not list(default_shm_root().glob("videoseg_staged_*/v*")), "staged weight copies left behind"
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     assert [c.name for c in ckpts] == ["step_00000000", "step_00000001"]
     assert all((c / "COMPLETE").exists() for c in ckpts)

@@ -21,15 +21,23 @@ def _gt(cfg, dataset_specs, sample_id):
 
 
 @pytest.mark.slow
-def test_evaluation_writes_full_resolution_results_and_a_consistent_report(tmp_path, davis16_dir):
-    from learner.evaluate import eval_config, evaluate
+def test_evaluation_writes_full_resolution_results_and_a_consistent_report(tmp_path, davis16_dir, caplog):
+    import logging
+    import shutil
+
+    from learner.evaluate import eval_config, evaluate, resolve_policy
 
     davis = f"{{name: davis, format: davis, root: {davis16_dir}}}"
     # constrained decoding: a random tiny policy then always answers, so every stage is exercised;
-    # the same policy twice in one session checks the weight swap and that greedy runs repeat
+    # the same weights from a second folder make the session swap them into the running engine
+    # (through Ray's object store, as for engines on another node), and greedy runs must repeat
     cfg = load_config("debug_cpu", [f"data.eval=[{SYN}, {davis}]", "eval.max_samples=3",
-                                    "rollout.constrain_format=true", "rollout.eval_sampling.max_new_tokens=96"])
-    reports = evaluate(cfg, [("a", "tiny-qwen2.5-vl"), ("b", "tiny-qwen2.5-vl")], tmp_path)
+                                    "rollout.constrain_format=true", "rollout.eval_sampling.max_new_tokens=96",
+                                    "rollout.weight_transport=object_store"])
+    copy = shutil.copytree(resolve_policy("tiny-qwen2.5-vl", cfg), tmp_path / "same_weights")
+    with caplog.at_level(logging.INFO, logger="learner.evaluate"):
+        reports = evaluate(cfg, [("a", "tiny-qwen2.5-vl"), ("b", str(copy))], tmp_path)
+    assert "engines: swapped" in caplog.text
     a, b = reports["a"], reports["b"]
     assert set(a["datasets"]) == {"syn", "davis"}
     assert [s["texts"] for s in a["samples"]] == [s["texts"] for s in b["samples"]]

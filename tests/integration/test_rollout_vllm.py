@@ -199,3 +199,38 @@ def test_weight_update_checksum(setup, ray_local, tiny_qwen25_dir, tmp_path):
     gap_before = torch.max(torch.abs(torch.tensor(img_before[1:]) - ref_img)).item()
     assert gap_after < 1e-3 and gap_before > 1e-2, (gap_after, gap_before)
     assert ray_local.get(worker.health.remote())["weight_version"] == 7
+
+
+def test_weight_update_through_the_object_store(setup, ray_local, tiny_qwen25_dir, tmp_path):
+    """The cross-node path on one machine (`fetch_everywhere`): the worker fetches the buckets from
+    Ray's object store, stages them in its own shared-memory folder, loads them and removes the
+    folder; the engine then scores as the new weights do. A plain shared-memory update follows."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from rollout.weight_transport import default_shm_root, is_policy_lm_weight, publish, write_buckets
+
+    cfg, envs, worker, router = setup
+    tok = AutoTokenizer.from_pretrained(tiny_qwen25_dir)
+    text = tok.encode("<|im_start|>user\nthe one that turns left<|im_end|>\n<|im_start|>assistant\n<think>",
+                      add_special_tokens=False)
+    node = ray_local.get_runtime_context().get_node_id()
+    worker_pid = ray_local.get(worker.pid.remote())
+    for version, transport in ((11, "object_store"), (12, "shared_memory")):
+        model = AutoModelForImageTextToText.from_pretrained(tiny_qwen25_dir).eval()
+        gen = torch.Generator().manual_seed(version)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+        write_buckets(((n, p) for n, p in model.state_dict().items() if is_policy_lm_weight(n)),
+                      tmp_path, version=version, bucket_bytes=256 * 1024)
+        update = publish(tmp_path / f"v{version:08d}", node)
+        if transport == "object_store":
+            update = update.shared(ray_local.put, fetch_everywhere=True)
+        info = ray_local.get(worker.update_weights.remote(update, version))
+        assert info["transport"] == transport and info["version"] == version
+        assert info["tensors"] == sum(f["tensors"] for f in update.manifest["files"])
+        _, after = ray_local.get(worker.score_sequence.remote(text, []))
+        gap = torch.max(torch.abs(torch.tensor(after[1:]) - _hf_logprobs(model, text, {}))).item()
+        assert gap < 1e-4, (transport, gap)
+        staged = default_shm_root() / f"videoseg_staged_{worker_pid}"
+        assert not (staged / f"v{version:08d}").exists(), "the staged copy must go once the engine holds it"

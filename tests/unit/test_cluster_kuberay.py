@@ -115,6 +115,12 @@ def test_job_resumes_and_writes_checkpoints_to_the_volume():
                       for v in template["spec"]["volumes"]}
             assert claims["checkpoints"] == "videoseg-checkpoints"
         assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        # the object store leaves a third of /dev/shm to weight folders and staged weight copies
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            template = group["template"]["spec"]
+            shm = next(v for v in template["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+            store = int(group["rayStartParams"]["object-store-memory"])
+            assert store == int(shm.removesuffix("Gi")) * 2 // 3 * 1024 ** 3
         if doc["kind"] != "RayJob":
             continue
         words = shlex.split(doc["spec"]["entrypoint"])

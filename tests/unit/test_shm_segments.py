@@ -123,13 +123,15 @@ def test_reap_weight_dirs_of_dead_drivers_only(tmp_path):
     dead, alive = _dead_pid(), os.getpid()
     for name in (f"videoseg_weights_debug_cpu_{dead}", f"videoseg_eval_{dead}_1764000000",
                  f"videoseg_weights_debug_cpu_{alive}", f"videoseg_eval_{alive}_1764000000",
+                 f"videoseg_staged_{dead}", f"videoseg_staged_{alive}",
                  "videoseg_weights_without_pid", f"unrelated_{dead}"):
         (tmp_path / name / "v00000001").mkdir(parents=True)
     (tmp_path / f"videoseg_weights_file_{dead}").write_text("a file, not a folder")
     removed = reap_stale_weight_dirs(tmp_path)
-    assert sorted(removed) == sorted([f"videoseg_eval_{dead}_1764000000", f"videoseg_weights_debug_cpu_{dead}"])
+    assert sorted(removed) == sorted([f"videoseg_eval_{dead}_1764000000", f"videoseg_weights_debug_cpu_{dead}",
+                                      f"videoseg_staged_{dead}"])
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {f"videoseg_weights_debug_cpu_{alive}", f"videoseg_eval_{alive}_1764000000",
+    assert left == {f"videoseg_weights_debug_cpu_{alive}", f"videoseg_eval_{alive}_1764000000", f"videoseg_staged_{alive}",
                     "videoseg_weights_without_pid", f"unrelated_{dead}", f"videoseg_weights_file_{dead}"}
     assert reap_stale_weight_dirs(tmp_path / "missing") == []
 
