@@ -5,8 +5,8 @@
 Two Ray actors stand in for the learner (writer) and one rollout worker (reader); each repeat runs
 both paths on the same tensors, alternating which goes first:
 - shared_memory: the writer's `write_buckets` into /dev/shm; the reader reads the files the way the
-  engine's weight receiver does (safe_open, get_tensor) and copies each tensor into a preallocated
-  destination (the engine's parameters).
+  engine's weight receiver does and copies each tensor into a preallocated destination (the engine's
+  parameters): `bench_weight_sync.ours_read`.
 - object_store: the same write, then `WeightUpdate.shared(ray.put)` in the writer, then the rollout
   worker's path: `fetch_and_stage` (ray.get each bucket, write it into the reader's own shared-memory
   folder), the same read into the destination, and the staged folder removed.
@@ -43,15 +43,18 @@ class Writer:
     def info(self) -> dict:
         return {"tensors": len(self.src), "bytes": sum(t.numel() * t.element_size() for _, t in self.src)}
 
+    def specs(self) -> list:
+        return [(n, tuple(t.shape), t.dtype) for n, t in self.src]
+
     def export(self, version: int):
         import ray
 
         from rollout.weight_transport import prune_versions, publish, write_buckets
 
         t0 = time.perf_counter()
-        write_buckets(self.src, self.root, version)
+        manifest = write_buckets(self.src, self.root, version)
         prune_versions(self.root, keep=1)
-        update = publish(Path(self.root) / f"v{version:08d}", ray.get_runtime_context().get_node_id())
+        update = publish(self.root, manifest, ray.get_runtime_context().get_node_id())
         return update, time.perf_counter() - t0
 
     def share(self, update):
@@ -71,32 +74,27 @@ class Writer:
 class Reader:
     """A rollout worker's side: resolves an update as `RolloutWorker.update_weights` does."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, specs: list):
+        import torch
+
         self.root = root
-        self.dst: dict = {}
+        self.dst = {name: torch.empty(shape, dtype=dtype) for name, shape, dtype in specs}  # the engine's parameters
 
     def load(self, update) -> dict:
         import ray
-        import torch
-        from safetensors import safe_open
 
+        from benchmarks.bench_weight_sync import Timer, ours_read
         from rollout.weight_transport import fetch_and_stage, read_manifest
 
         t0 = time.perf_counter()
         source = update.source_for(ray.get_runtime_context().get_node_id())
         folder = Path(update.version_dir) if source == "shared_memory" else fetch_and_stage(update, self.root)
-        t1 = time.perf_counter()
-        for f in read_manifest(folder)["files"]:
-            with safe_open(f["path"], framework="pt", device="cpu") as fh:
-                for name in fh.keys():
-                    src = fh.get_tensor(name)
-                    if name not in self.dst:
-                        self.dst[name] = torch.empty_like(src)
-                    self.dst[name].copy_(src)
+        fetch_s = time.perf_counter() - t0
+        read_s = ours_read(read_manifest(folder), self.dst, Timer("cpu"))
         t2 = time.perf_counter()
         if source == "object_store":
             shutil.rmtree(folder)
-        return {"source": source, "fetch_s": t1 - t0, "read_s": t2 - t1, "cleanup_s": time.perf_counter() - t2}
+        return {"source": source, "fetch_s": fetch_s, "read_s": read_s, "cleanup_s": time.perf_counter() - t2}
 
     def clear(self) -> None:
         for t in self.dst.values():
@@ -121,7 +119,7 @@ def run(shape: str, repeats: int) -> dict:
     shm = default_shm_root()
     tag = f"{os.getpid()}_{int(time.time())}"
     writer = ray.remote(Writer).remote(shape, str(shm / f"bench_transport_writer_{tag}"))
-    reader = ray.remote(Reader).remote(str(shm / f"bench_transport_reader_{tag}"))
+    reader = ray.remote(Reader).remote(str(shm / f"bench_transport_reader_{tag}"), ray.get(writer.specs.remote()))
     try:
         info = ray.get(writer.info.remote())
         expected = sorted(ray.get(writer.checksum.remote()))

@@ -158,6 +158,9 @@ class SamplingConfig(Section):
     max_new_tokens: int = Field(512, ge=1)
 
 
+WeightTransport = Literal["auto", "shared_memory", "object_store"]
+
+
 class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
@@ -180,7 +183,7 @@ class RolloutConfig(Section):
         "well-formed and only the content is learned; for debugging and weak base models",
     )
     block_size: int | None = Field(None, ge=1, description="KV cache block size; None = vLLM's default")
-    weight_transport: Literal["auto", "shared_memory", "object_store"] = Field(
+    weight_transport: WeightTransport = Field(
         "auto",
         description="how new weights reach the engines: shared memory of the writer's node, plus Ray's "
         "object store when the cluster has more than one node (auto), or always (object_store)",

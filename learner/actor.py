@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from pathlib import Path
 
 from configs.schema import Config
 
@@ -83,9 +82,9 @@ class LearnerWorker:
 
         from rollout.weight_transport import prune_versions, publish, write_buckets
 
-        write_buckets(self.core.lm_weights().items(), shm_root, version)
+        manifest = write_buckets(self.core.lm_weights().items(), shm_root, version)
         prune_versions(shm_root, keep=2)
-        return publish(Path(shm_root) / f"v{version:08d}", ray.get_runtime_context().get_node_id())
+        return publish(shm_root, manifest, ray.get_runtime_context().get_node_id())
 
     def share_lm_weights(self, update, fetch_everywhere: bool = False):
         """`update` with its files' bytes also in Ray's object store (owned by this actor), for

@@ -142,7 +142,7 @@ class EvalSession:
         """Make every actor hold `policy_dir`; returns how ("current", "swapped" or "restarted")."""
         import ray
 
-        from rollout.weight_transport import needs_object_store, prune_versions, publish, write_buckets
+        from rollout.weight_transport import prune_versions, publish, share_if_needed, write_buckets
 
         if str(policy_dir) == self.policy_dir:
             return "current"
@@ -150,11 +150,10 @@ class EvalSession:
         ray.get([s.load.remote(str(policy_dir)) for s in self.scorers])
         self._push_heads()
         if policy_signature(policy_dir) == self.engine_signature:
-            write_buckets(policy_lm_tensors(policy_dir), self.shm_root, self.version)
-            update = publish(self.shm_root / f"v{self.version:08d}", ray.get_runtime_context().get_node_id())
-            mode = self.cfg.rollout.weight_transport
-            if needs_object_store(mode, sum(n["Alive"] for n in ray.nodes())):
-                update = update.shared(ray.put, mode == "object_store")
+            manifest = write_buckets(policy_lm_tensors(policy_dir), self.shm_root, self.version)
+            update = share_if_needed(publish(self.shm_root, manifest, ray.get_runtime_context().get_node_id()),
+                                     self.cfg.rollout.weight_transport,
+                                     lambda u, everywhere: u.shared(ray.put, everywhere))
             self.router.update_weights(update, self.version)
             del update  # frees the object-store copies
             prune_versions(self.shm_root, keep=1)

@@ -69,7 +69,7 @@ class Supervisor:
         for i in range(len(self.system.rollout.workers)):
             info = self._call_rollout(i, lambda w: ray.get(w.update_weights.remote(self.update, version),
                                                             timeout=self.timeout))
-            transports.add(info.get("transport", "shared_memory"))
+            transports.add(info["transport"])
         if transports != self.transports:
             log.info("weights v%d reached the engines through: %s", version, ", ".join(sorted(transports)))
             self.transports = transports
@@ -79,15 +79,13 @@ class Supervisor:
 
     def _share_if_needed(self) -> None:
         """Put the current weights into Ray's object store too when engines may be on other nodes
-        (rollout.weight_transport); shared memory alone reaches only the learner's node."""
-        import ray
+        (rollout.weight_transport); shared memory alone reaches only the learner's node. The learner
+        does the putting: only its node can read the files."""
+        from rollout.weight_transport import share_if_needed
 
-        from rollout.weight_transport import needs_object_store
-
-        mode = self.system.cfg.rollout.weight_transport
-        if self.update.buckets is None and needs_object_store(mode, sum(n["Alive"] for n in ray.nodes())):
-            self.update = self.system.learners.share_lm_weights(self.update, mode == "object_store",
-                                                                timeout=self.timeout)
+        self.update = share_if_needed(
+            self.update, self.system.cfg.rollout.weight_transport,
+            lambda update, everywhere: self.system.learners.share_lm_weights(update, everywhere, timeout=self.timeout))
 
     # ----------------------------------------------------------------------------- rollout
     def _revive_rollout(self, i: int) -> None:

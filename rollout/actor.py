@@ -54,13 +54,9 @@ class RolloutWorker:
             self.in_flight -= len(samples) * group_size
 
     async def update_weights(self, update, version: int) -> dict:
-        """Load weights `version`; `update` is a `WeightUpdate` or (same node only) its folder path."""
+        """Load weights `version` from a `rollout.weight_transport.WeightUpdate`."""
         import ray
 
-        from rollout.weight_transport import WeightUpdate
-
-        if not isinstance(update, WeightUpdate):
-            return await self.service.update_weights(str(update), version)
         if update.source_for(ray.get_runtime_context().get_node_id()) == "shared_memory":
             return {**await self.service.update_weights(update.version_dir, version), "transport": "shared_memory"}
         started = time.time()

@@ -20,9 +20,11 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, get_args
 
-WEIGHT_TRANSPORTS = ("auto", "shared_memory", "object_store")
+from configs.schema import WeightTransport
+
+WEIGHT_TRANSPORTS = get_args(WeightTransport)
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
 
@@ -41,6 +43,18 @@ def is_policy_lm_weight(name: str) -> bool:
     return not name.startswith(("seg_projector.", "sam_prompt_encoder.", "sam_mask_decoder.", "heads."))
 
 
+def version_folder(root: str | Path, version: int) -> Path:
+    """Where version `version` of the weights lives under `root`."""
+    return Path(root) / f"v{int(version):08d}"
+
+
+def _write_manifest(version_dir: Path, manifest: dict) -> None:
+    """Written last and renamed into place, so a reader never sees a half-written version."""
+    tmp = version_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest))
+    os.replace(tmp, version_dir / "manifest.json")
+
+
 def write_buckets(named_tensors: Iterable, out_dir: str | Path, version: int,
                   bucket_bytes: int = DEFAULT_BUCKET_BYTES, checksum: bool = False) -> dict:
     """Write tensors into size-bounded safetensors files; returns the manifest dict.
@@ -50,7 +64,7 @@ def write_buckets(named_tensors: Iterable, out_dir: str | Path, version: int,
     written last already keeps readers from seeing a partial update."""
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir) / f"v{version:08d}"
+    out_dir = version_folder(out_dir, version)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -76,9 +90,7 @@ def write_buckets(named_tensors: Iterable, out_dir: str | Path, version: int,
         total += nbytes
     flush()
     manifest = {"version": int(version), "files": files, "bytes": total}
-    tmp = out_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, out_dir / "manifest.json")
+    _write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -140,10 +152,10 @@ class WeightUpdate:
                        fetch_everywhere=fetch_everywhere)
 
 
-def publish(version_dir: str | Path, node_id: str) -> WeightUpdate:
-    """The update for a version written by `write_buckets` on this node."""
-    manifest = read_manifest(version_dir)
-    return WeightUpdate(int(manifest["version"]), str(version_dir), node_id, manifest)
+def publish(root: str | Path, manifest: dict, node_id: str) -> WeightUpdate:
+    """The update for the version `write_buckets(..., root, ...)` wrote on this node and returned
+    `manifest` of."""
+    return WeightUpdate(int(manifest["version"]), str(version_folder(root, manifest["version"])), node_id, manifest)
 
 
 def needs_object_store(mode: str, alive_nodes: int) -> bool:
@@ -152,6 +164,16 @@ def needs_object_store(mode: str, alive_nodes: int) -> bool:
     if mode not in WEIGHT_TRANSPORTS:
         raise ValueError(f"unknown weight transport {mode!r}; expected one of {WEIGHT_TRANSPORTS}")
     return mode == "object_store" or (mode == "auto" and alive_nodes > 1)
+
+
+def share_if_needed(update: WeightUpdate, mode: str, share: Callable[[WeightUpdate, bool], WeightUpdate]) -> WeightUpdate:
+    """`update`, with its buckets also in Ray's object store when `mode` and the cluster call for it.
+    `share(update, fetch_everywhere)` does the putting: in the process that can read the files."""
+    import ray
+
+    if update.buckets is None and needs_object_store(mode, sum(n["Alive"] for n in ray.nodes())):
+        return share(update, mode == "object_store")
+    return update
 
 
 def bucket_blobs(manifest: dict) -> Iterator:
@@ -183,16 +205,13 @@ def stage_buckets(manifest: dict, blobs: Iterable, dest_root: str | Path) -> Pat
     """Write fetched bucket bytes under `dest_root` as a version folder `read_manifest` accepts;
     returns the folder. Refuses a transfer with a missing, extra or truncated bucket."""
     files = manifest["files"]
-    version_dir = Path(dest_root) / f"v{int(manifest['version']):08d}"
+    version_dir = version_folder(dest_root, manifest["version"])
     if version_dir.exists():
         shutil.rmtree(version_dir)
     version_dir.mkdir(parents=True)
     try:
         local = [_stage_one(f, blob, version_dir, manifest["version"]) for f, blob in _pairs(files, blobs, manifest)]
-        staged = {**manifest, "files": local}
-        tmp = version_dir / "manifest.json.tmp"
-        tmp.write_text(json.dumps(staged))
-        os.replace(tmp, version_dir / "manifest.json")
+        _write_manifest(version_dir, {**manifest, "files": local})
         if any(f.get("sha256") for f in local):
             read_manifest(version_dir, verify=True)
     except BaseException:

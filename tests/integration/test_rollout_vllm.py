@@ -160,7 +160,7 @@ def test_weight_update_checksum(setup, ray_local, tiny_qwen25_dir, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from rollout.mm_inputs import build_mm_inputs
-    from rollout.weight_transport import is_policy_lm_weight, write_buckets
+    from rollout.weight_transport import is_policy_lm_weight, publish, write_buckets
 
     cfg, envs, worker, router = setup
     proc = AutoProcessor.from_pretrained(tiny_qwen25_dir)
@@ -183,7 +183,8 @@ def test_weight_update_checksum(setup, ray_local, tiny_qwen25_dir, tmp_path):
     manifest = write_buckets(((n, p) for n, p in model.state_dict().items() if is_policy_lm_weight(n)),
                              tmp_path, version=7, bucket_bytes=256 * 1024)
     assert len(manifest["files"]) > 1  # really bucketed
-    info = ray_local.get(worker.update_weights.remote(str(tmp_path / "v00000007"), 7))
+    update = publish(tmp_path, manifest, ray_local.get_runtime_context().get_node_id())
+    info = ray_local.get(worker.update_weights.remote(update, 7))
     assert info["version"] == 7 and info["tensors"] == sum(f["tensors"] for f in manifest["files"])
     _, txt_after = ray_local.get(worker.score_sequence.remote(text_only, []))
     ids, img_after = ray_local.get(worker.score_sequence.remote(with_images, images))
@@ -207,7 +208,7 @@ def test_weight_update_through_the_object_store(setup, ray_local, tiny_qwen25_di
     folder; the engine then scores as the new weights do. A plain shared-memory update follows."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-    from rollout.weight_transport import default_shm_root, is_policy_lm_weight, publish, write_buckets
+    from rollout.weight_transport import default_shm_root, is_policy_lm_weight, publish, version_folder, write_buckets
 
     cfg, envs, worker, router = setup
     tok = AutoTokenizer.from_pretrained(tiny_qwen25_dir)
@@ -221,9 +222,9 @@ def test_weight_update_through_the_object_store(setup, ray_local, tiny_qwen25_di
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 0.01)
-        write_buckets(((n, p) for n, p in model.state_dict().items() if is_policy_lm_weight(n)),
-                      tmp_path, version=version, bucket_bytes=256 * 1024)
-        update = publish(tmp_path / f"v{version:08d}", node)
+        manifest = write_buckets(((n, p) for n, p in model.state_dict().items() if is_policy_lm_weight(n)),
+                                 tmp_path, version=version, bucket_bytes=256 * 1024)
+        update = publish(tmp_path, manifest, node)
         if transport == "object_store":
             update = update.shared(ray_local.put, fetch_everywhere=True)
         info = ray_local.get(worker.update_weights.remote(update, version))
@@ -233,4 +234,4 @@ def test_weight_update_through_the_object_store(setup, ray_local, tiny_qwen25_di
         gap = torch.max(torch.abs(torch.tensor(after[1:]) - _hf_logprobs(model, text, {}))).item()
         assert gap < 1e-4, (transport, gap)
         staged = default_shm_root() / f"videoseg_staged_{worker_pid}"
-        assert not (staged / f"v{version:08d}").exists(), "the staged copy must go once the engine holds it"
+        assert not version_folder(staged, version).exists(), "the staged copy must go once the engine holds it"

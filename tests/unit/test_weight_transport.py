@@ -67,8 +67,10 @@ def test_weight_root_falls_back_when_shared_memory_is_not_writable(tmp_path, mon
 def _published(tmp_path, **kw):
     from rollout.weight_transport import publish
 
-    write_buckets(_tensors(), tmp_path / "writer", version=5, bucket_bytes=2 * 64 * 64 * 4, **kw)
-    return publish(tmp_path / "writer" / "v00000005", "node-a")
+    manifest = write_buckets(_tensors(), tmp_path / "writer", version=5, bucket_bytes=2 * 64 * 64 * 4, **kw)
+    update = publish(tmp_path / "writer", manifest, "node-a")
+    assert update.version_dir == str(tmp_path / "writer" / "v00000005")
+    return update
 
 
 def test_fetched_buckets_staged_on_another_node_load_as_the_written_tensors(tmp_path):
