@@ -260,6 +260,8 @@ def _rates(write_s: list[float], read_s: list[float], total_bytes: int) -> dict:
 
 
 def bench_set(src, device: str, shm: Path, repeats: int) -> dict:
+    from rollout.weight_transport import version_folder
+
     timer = Timer(device)
     total = sum(nbytes(t) for _, t in src)
     dst = {name: torch.empty_like(t) for name, t in src}
@@ -281,7 +283,7 @@ def bench_set(src, device: str, shm: Path, repeats: int) -> dict:
                 ours["read"].append(ours_read(manifest, dst, timer))
                 ours["hash"].append(hash_files(manifest))
                 ours["buckets"] = len(manifest["files"])
-                shutil.rmtree(shm / f"v{rep + 1:08d}")
+                shutil.rmtree(version_folder(shm, rep + 1))
             else:
                 raw["write"].append(raw_write(src, layout, send, raw_path, timer))
                 raw["read"].append(raw_read(raw_path, layout, recv, dst, timer))
@@ -304,7 +306,7 @@ def bench_set(src, device: str, shm: Path, repeats: int) -> dict:
 async def _engine_updates(tiny, model_dir: Path, shm: Path, repeats: int) -> dict:
     from configs import load_config
     from rollout.engine import RolloutEngine, max_images_per_episode
-    from rollout.weight_transport import write_buckets
+    from rollout.weight_transport import version_folder, write_buckets
 
     cfg = load_config("debug_cpu")
     engine = RolloutEngine(model_dir, cfg.rollout, max_images_per_episode(cfg.env), seed=0,
@@ -319,7 +321,7 @@ async def _engine_updates(tiny, model_dir: Path, shm: Path, repeats: int) -> dic
             if v > 1:
                 times.append(time.perf_counter() - t0)
                 reported.append(out["seconds"])
-            shutil.rmtree(shm / "engine" / f"v{v:08d}")
+            shutil.rmtree(version_folder(shm / "engine", v))
     finally:
         engine.shutdown()
     return {"policy": "tiny-qwen2.5-vl", "dtype": cfg.model.dtype,
