@@ -236,6 +236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-override", action="append", default=[], metavar="KEY=VALUE",
                     help="a dotted config override for the RL stage only (repeatable), e.g. "
                          "reward.weights.progressive=0; held-out scoring keeps the preset's reward")
+    ap.add_argument("--sft-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dotted config override for the SFT stage only (repeatable), e.g. sft.export_every=300")
     ap.add_argument("--rl-steps", type=int, default=16)
     ap.add_argument("--rl-lr", type=float, default=5e-5)
     ap.add_argument("--rl-prompts", type=int, default=4, help="prompts per RL step (x group size 4)")
@@ -268,16 +270,17 @@ def main(argv=None) -> int:
                          ("--rl-prompt-align-weight", args.rl_prompt_align_weight)):
         if weight < 0 or (weight > 0 and not args.sam2_pretrain_steps):
             ap.error(f"{flag} must be >= 0 and needs --sam2-pretrain-steps (its word vectors are the target)")
-    for item in args.rl_override:
-        if "=" not in item or not item.split("=", 1)[0].strip():
-            ap.error(f"--rl-override takes KEY=VALUE, got {item!r}")
-    if args.rl_override:
-        from configs import load_config
+    for flag, items in (("--sft-override", args.sft_override), ("--rl-override", args.rl_override)):
+        for item in items:
+            if "=" not in item or not item.split("=", 1)[0].strip():
+                ap.error(f"{flag} takes KEY=VALUE, got {item!r}")
+        if items:
+            from configs import load_config
 
-        try:  # fail now, not after the first SFT stage
-            load_config("debug_cpu", list(args.rl_override))
-        except Exception as exc:  # noqa: BLE001 - any invalid override is a usage error here
-            ap.error(f"--rl-override: {exc}")
+            try:  # fail now, not after the first stage
+                load_config("debug_cpu", list(items))
+            except Exception as exc:  # noqa: BLE001 - any invalid override is a usage error here
+                ap.error(f"{flag}: {exc}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -286,7 +289,7 @@ def main(argv=None) -> int:
     started = time.time()
 
     extra = [f"learner.sam_decoder_lr_scale={args.decoder_lr_scale}"]
-    sam2, sft_only, rl_only = [], [], list(args.rl_override)
+    sam2, sft_only, rl_only = [], list(args.sft_override), list(args.rl_override)
     if args.sam2_pretrain_steps:
         from segmentation.pretrain_text_prompt import words_path
 
@@ -295,7 +298,7 @@ def main(argv=None) -> int:
         sam2 = [f"model.sam2_checkpoint={ckpt}"]
         extra += sam2
         if args.prompt_align_weight:
-            sft_only = [f"sft.prompt_teacher={words_path(ckpt)}", f"sft.prompt_align_weight={args.prompt_align_weight}"]
+            sft_only += [f"sft.prompt_teacher={words_path(ckpt)}", f"sft.prompt_align_weight={args.prompt_align_weight}"]
         if args.rl_prompt_align_weight:
             rl_only += [f"learner.prompt_teacher={words_path(ckpt)}",
                        f"learner.prompt_align_weight={args.rl_prompt_align_weight}"]

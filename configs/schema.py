@@ -389,6 +389,9 @@ class SFTConfig(Section):
     mask_on_seen_keyframe: bool = Field(
         True, description="besides the keyframe a turn writes, supervise its [SEG] on the keyframe it was "
         "looking at (the frame the RL reward judges it on)")
+    export_every: int = Field(
+        0, ge=0, description="also export the policy every N steps to output_dir/checkpoints/step_<N>/ "
+        "(complete HF policies, e.g. for choosing a checkpoint on a validation set); 0 = only the final policy/")
     validate_every: int = Field(0, ge=0, description="greedy first turns on data.eval prompts every N steps "
                                                      "(0 = only before and after training when data.eval is set)")
     validate_samples: int = Field(16, ge=1, description="prompts in the validation probe")

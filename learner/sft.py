@@ -7,6 +7,7 @@
         the expression (sft.prompt_teacher, sft.prompt_align_weight); off by default, it stands in
         for the grounding a pretrained VLM brings, which a tiny random policy lacks]
     -> sft.output_dir/{config.yaml, metrics.jsonl, summary.json, policy/}
+       [+ checkpoints/step_<N>/ every sft.export_every steps, listed in summary.json]
 
 `policy/` is a complete HF policy with the [SEG] heads: point `model.policy` of the GRPO driver
 (or `learner.evaluate --policy`) at it. The DeepSpeed engine, optimizer and precision are the
@@ -182,7 +183,7 @@ def run_sft(cfg: Config) -> dict:
     try:
         summary["probe_before"] = probe(core)
         order = batch_order(len(examples), s.batch_size, cfg.run.seed)
-        first = None
+        first, checkpoints = None, []
         for step in range(s.steps):
             t0 = time.time()
             batch = [examples[i] for i in next(order)]
@@ -195,6 +196,9 @@ def run_sft(cfg: Config) -> dict:
             first = first or rec
             if s.validate_every and (step + 1) % s.validate_every == 0 and step + 1 < s.steps:
                 rec["probe"] = probe(core)
+            if s.export_every and (step + 1) % s.export_every == 0 and step + 1 < s.steps:
+                rec["checkpoint"] = str(core.export_policy(out / "checkpoints" / f"step_{step + 1}"))
+                checkpoints.append({"step": step + 1, "policy": rec["checkpoint"]})
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             if step % s.log_every == 0 or step + 1 == s.steps:
@@ -204,6 +208,7 @@ def run_sft(cfg: Config) -> dict:
         summary.update(first_step=first, last_step=rec)
         summary["probe_after"] = probe(core)
         policy_out = core.export_policy(out / "policy")
+        summary["checkpoints"] = checkpoints + [{"step": s.steps, "policy": str(policy_out)}]
     finally:
         metrics.close()
     summary.update(policy=str(policy_out), seconds=time.time() - started, torch_threads=torch.get_num_threads())

@@ -1,6 +1,7 @@
 """Cold-start SFT on oracle VTS-CoT trajectories with the real learner engine and tiny models."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,31 @@ def test_prompt_alignment_pulls_the_projected_seg_tokens_to_the_teacher(tmp_path
     with pytest.raises(ValueError, match="projector writes"):
         run_sft(_cfg(tmp_path / "wide", oracle_file, "sft.steps=1", f"sft.prompt_teacher={teacher}",
                      "sft.prompt_align_weight=1.0"))
+
+
+def _weights(policy_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(policy_dir / "model.safetensors"))
+
+
+def test_export_every_writes_the_policy_as_it_was_at_that_step(tmp_path, oracle_file):
+    import torch
+
+    from learner.sft import run_sft
+
+    # constant lr and one seed: step 1 of a 2-step run is the whole of a 1-step run
+    two = run_sft(_cfg(tmp_path / "two", oracle_file, "sft.steps=2", "sft.lr=3e-3", "sft.batch_size=2",
+                       "sft.export_every=1"))
+    one = run_sft(_cfg(tmp_path / "one", oracle_file, "sft.steps=1", "sft.lr=3e-3", "sft.batch_size=2"))
+    step1 = tmp_path / "two" / "sft" / "checkpoints" / "step_1"
+    assert two["checkpoints"] == [{"step": 1, "policy": str(step1)},
+                                  {"step": 2, "policy": str(tmp_path / "two" / "sft" / "policy")}]
+    assert (step1 / "config.json").is_file() and (step1 / "videoseg_heads").is_dir()
+    assert not (tmp_path / "two" / "sft" / "checkpoints" / "step_2").exists()  # the final one is policy/
+    exported, reference, final = _weights(step1), _weights(Path(one["policy"])), _weights(Path(two["policy"]))
+    assert exported.keys() == reference.keys()
+    assert all(torch.equal(exported[k], reference[k]) for k in exported)
+    assert any(not torch.equal(exported[k], final[k]) for k in exported)  # step 2 moved on
+    rows = [json.loads(line) for line in (tmp_path / "two" / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["checkpoint"] == str(step1) and "checkpoint" not in rows[1]

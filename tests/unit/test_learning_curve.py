@@ -66,17 +66,20 @@ def test_sam2_pretrain_pool_must_be_part_of_the_rl_pool(count, capsys):
     assert "--sam2-pretrain-videos must be between 1 and --rl-train-videos" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("reward.weights.progressive", "takes KEY=VALUE"),
-    ("=3", "takes KEY=VALUE"),
-    ("reward.weights.bogus=0", "unknown reward terms ['bogus']"),
-    ("learner.lr=-1", "learner.lr"),
+@pytest.mark.parametrize("flag, override, fragment", [
+    ("--rl-override", "reward.weights.progressive", "takes KEY=VALUE"),
+    ("--rl-override", "=3", "takes KEY=VALUE"),
+    ("--rl-override", "reward.weights.bogus=0", "unknown reward terms ['bogus']"),
+    ("--rl-override", "learner.lr=-1", "learner.lr"),
+    ("--sft-override", "sft.export_every", "takes KEY=VALUE"),
+    ("--sft-override", "sft.export_every=-5", "sft.export_every"),
 ])
-def test_bad_rl_overrides_are_refused_before_any_training(override, fragment, capsys, tmp_path):
+def test_bad_stage_overrides_are_refused_before_any_training(flag, override, fragment, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        main(["--rl-override", override, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+        main([flag, override, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
-    assert fragment in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert fragment in err and flag in err
     assert not (tmp_path / "w").exists()  # refused before the work dir (and any stage) was made
 
 
